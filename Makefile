@@ -1,0 +1,30 @@
+# `make demo` and `make test` work on a fresh machine: each creates .venv when it is missing.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test test-quick zoo bench samples clean
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	# torch first, pinned, so that the open range in pyproject resolves to it (no CUDA download).
+	$(BIN)/python -m pip install -q -c constraints.txt torch
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[test,zoo]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	HF_HUB_OFFLINE=1 $(BIN)/prunecli run configs/digits_cnn_l2_50.yaml -o out/demo
+
+test: $(STAMP)
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest
+
+samples: $(STAMP)
+	$(BIN)/python sample_models/make_samples.py
+
+bench: $(STAMP)
+	HF_HUB_OFFLINE=1 $(BIN)/python bench/zoo_bench.py
+
+clean:
+	rm -rf out .pytest_cache

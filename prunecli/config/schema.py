@@ -1,0 +1,184 @@
+"""The pipeline schema: versioned, validated data. Unknown keys and wrong types are errors.
+
+A pipeline names the model, the data, an ordered list of steps (discriminated by ``kind``),
+latency settings and pass/fail gates::
+
+    version: 1
+    model: {path: digits_cnn.pt, arch: archs.py:DigitsCNN, input_shape: [1, 1, 8, 8]}
+    data: {format: npz, train: digits_train.npz, eval: digits_val.npz}
+    steps:
+      - {kind: score, criterion: l2}
+      - {kind: select, ratio: 0.5, scope: local, round_to: 4, ignore: [fc]}
+      - {kind: prune}
+      - {kind: finetune, epochs: 3, lr: 1.0e-3, distill: {alpha: 0.5, temperature: 4}}
+      - {kind: evaluate}
+    gates: {max_accuracy_drop: 0.01, min_macs_reduction: 0.5}
+
+Relative paths are resolved against the pipeline file's folder (see ``config.loading``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, field_validator, model_validator
+
+ModelFormat = Literal["auto", "state_dict", "pickle", "export", "onnx"]
+DataFormat = Literal["npz", "pt", "csv", "image_folder", "digits"]
+Device = Literal["cpu", "cuda"]
+
+
+class StrictModel(BaseModel):
+    """Base for every config object: unknown keys are errors, values are checked strictly."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelSpec(StrictModel):
+    """Where the model is and how to rebuild it.
+
+    ``arch`` is ``package.module:callable`` or ``path/to/file.py:callable`` (relative to the
+    pipeline file); it is called with ``kwargs`` to build the module a state_dict loads into.
+    """
+
+    path: Path | None = None
+    arch: str | None = None
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+    input_shape: list[PositiveInt] | None = Field(
+        default=None, description="Shape of one input batch, batch dimension first, e.g. [1, 1, 8, 8]."
+    )
+    format: ModelFormat = "auto"
+
+    @field_validator("arch")
+    @classmethod
+    def _arch_has_callable(cls, value: str | None) -> str | None:
+        if value is not None and (":" not in value or value.endswith(":") or value.startswith(":")):
+            raise ValueError("arch must look like 'package.module:Callable' or 'file.py:Callable'")
+        return value
+
+
+class DataSpec(StrictModel):
+    """The data set: a training split (for fine-tuning and data-driven criteria) and an eval split."""
+
+    format: DataFormat
+    train: Path | None = None
+    eval: Path | None = None
+    batch_size: PositiveInt = 64
+    label_column: str = Field(default="label", description="CSV only: the column holding integer labels.")
+    image_size: list[PositiveInt] | None = Field(
+        default=None, min_length=2, max_length=2, description="image_folder only: [height, width] to resize to."
+    )
+    grayscale: bool = Field(default=False, description="image_folder only: read images as one channel.")
+    scale: float = Field(default=1.0, gt=0, description="Inputs are multiplied by this after reading.")
+
+
+class ScoreStep(StrictModel):
+    """Compute an importance per channel of every prunable group."""
+
+    kind: Literal["score"]
+    criterion: str = "l2"
+
+    @field_validator("criterion")
+    @classmethod
+    def _known_criterion(cls, value: str) -> str:
+        from prunecli.criteria.registry import check_criterion_name
+
+        return check_criterion_name(value)
+
+
+class SelectStep(StrictModel):
+    """Decide which channels go: ``ratio`` is the fraction of channels removed."""
+
+    kind: Literal["select"]
+    ratio: float = Field(ge=0.0, lt=1.0)
+    scope: Literal["local", "global"] = "local"
+    round_to: PositiveInt = 1
+    min_channels: PositiveInt = 1
+    ignore: list[str] = Field(default_factory=list, description="Module names or globs whose output channels are kept.")
+
+
+class PruneStep(StrictModel):
+    """Physically remove the selected channels, then verify pruned == masked original."""
+
+    kind: Literal["prune"]
+    tolerance: float = Field(default=1e-4, gt=0, description="Max abs difference allowed by verification.")
+
+
+class DistillSpec(StrictModel):
+    """Knowledge distillation from the unpruned model during fine-tuning."""
+
+    alpha: float = Field(default=0.5, ge=0.0, le=1.0, description="Weight of the distillation loss.")
+    temperature: float = Field(default=4.0, gt=0)
+
+
+class FinetuneStep(StrictModel):
+    """Train the pruned model on the training split."""
+
+    kind: Literal["finetune"]
+    epochs: int = Field(default=1, ge=0)
+    lr: float = Field(default=1e-3, gt=0)
+    optimizer: Literal["sgd", "adam", "adamw"] = "adam"
+    momentum: float = Field(default=0.9, ge=0)
+    weight_decay: float = Field(default=0.0, ge=0)
+    schedule: Literal["none", "cosine", "step"] = "cosine"
+    step_size: PositiveInt = Field(default=1, description="step schedule: epochs between decays.")
+    gamma: float = Field(default=0.1, gt=0, description="step schedule: decay factor.")
+    distill: DistillSpec | None = None
+
+
+class EvaluateStep(StrictModel):
+    """Measure the current model (size, MACs, latency, accuracy) under ``name`` in the report."""
+
+    kind: Literal["evaluate"]
+    name: str = "final"
+
+
+Step = Annotated[
+    Union[ScoreStep, SelectStep, PruneStep, FinetuneStep, EvaluateStep],
+    Field(discriminator="kind"),
+]
+
+
+class LatencySpec(StrictModel):
+    """How latency is measured: warm-up runs, then ``repeats`` timed runs; p50 and p90 reported."""
+
+    warmup: int = Field(default=5, ge=0)
+    repeats: PositiveInt = 30
+    batch_size: PositiveInt = 1
+    threads: PositiveInt | None = Field(default=None, description="torch/ORT intra-op threads; default: torch's.")
+    backends: list[Literal["torch", "onnxruntime"]] = Field(default_factory=lambda: ["torch", "onnxruntime"])
+
+
+class Gates(StrictModel):
+    """Pass/fail limits checked on the final model; a failed gate makes the run exit 1."""
+
+    max_accuracy_drop: float | None = Field(default=None, ge=0, description="Fraction, e.g. 0.01 for one point.")
+    min_macs_reduction: float | None = Field(default=None, ge=0, lt=1, description="Fraction of MACs removed.")
+    min_params_reduction: float | None = Field(default=None, ge=0, lt=1, description="Fraction of params removed.")
+    min_speedup: float | None = Field(default=None, gt=0, description="original p50 / final p50, first backend.")
+
+
+class Pipeline(StrictModel):
+    """A whole pipeline file. ``version`` must be 1."""
+
+    version: Literal[1]
+    model: ModelSpec
+    data: DataSpec
+    steps: list[Step] = Field(min_length=1)
+    latency: LatencySpec = Field(default_factory=LatencySpec)
+    gates: Gates = Field(default_factory=Gates)
+    seed: int = 0
+    device: Device = "cpu"
+
+    @model_validator(mode="after")
+    def _steps_in_order(self) -> "Pipeline":
+        seen: list[str] = []
+        for index, step in enumerate(self.steps):
+            needs = {"select": "score", "prune": "select"}.get(step.kind)
+            if needs and needs not in seen:
+                raise ValueError(f"steps.{index}: a '{step.kind}' step needs a '{needs}' step before it")
+            if step.kind == "prune" and "prune" in seen:
+                raise ValueError(f"steps.{index}: only one 'prune' step is allowed")
+            seen.append(step.kind)
+        return self

@@ -1,0 +1,31 @@
+"""The one error hierarchy. The CLI boundary maps each class to an exit code and one line.
+
+Exit codes: 0 success, 1 a gate failed, 2 bad input or a model the tool cannot prune,
+3 internal error (a bug; the traceback is kept).
+"""
+
+
+class PruneCliError(Exception):
+    """Base of every error prunecli raises on purpose. Its message is one line that names the fix."""
+
+    exit_code = 3
+
+
+class InputError(PruneCliError):
+    """Bad user input: config, files, data shapes, unsupported model or option. Exit code 2."""
+
+    exit_code = 2
+
+
+class UnsupportedModelError(InputError):
+    """The model cannot be loaded, traced or pruned as asked. Exit code 2."""
+
+
+class InternalError(PruneCliError):
+    """A bug in prunecli, e.g. a surgery whose output does not match the masked original. Exit code 3."""
+
+    exit_code = 3
+
+
+class VerificationError(InternalError):
+    """Pruned outputs differ from the masked original beyond tolerance."""

@@ -1,0 +1,1 @@
+"""Pipeline execution: step handlers, the runner and the state passed between steps."""

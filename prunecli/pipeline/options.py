@@ -1,0 +1,32 @@
+"""What the caller (the CLI or a test) hands the runner, and what it gets back."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """Run-time choices that are not part of the pipeline file.
+
+    ``device`` and ``seed`` given here override the pipeline's; ``progress`` turns on
+    progress bars (the CLI sets it only when stderr is a terminal).
+    """
+
+    output_dir: Path
+    base_dir: Path
+    device: str | None = None
+    seed: int | None = None
+    trust_pickle: bool = False
+    progress: bool = False
+
+
+@dataclass
+class RunResult:
+    """The report (as written to report.json) and whether every gate passed."""
+
+    report: dict[str, Any]
+    gates_passed: bool
+    written: dict[str, Path] = field(default_factory=dict)
