@@ -1,0 +1,125 @@
+"""ChannelGraph and PruningGroup: the coupled channels of a model, as data any backend can act on."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from prunecli.graph.layout import Atom, Layout, SpaceTable
+
+
+@dataclass(frozen=True)
+class Member:
+    """One tensor dimension that loses positions when its group loses channels.
+
+    ``positions[i]`` is the group's channel index at position ``i`` of that dimension, or -1
+    where the position belongs to something else (another concat part, say).
+    """
+
+    tensor: str
+    dim: int
+    positions: np.ndarray = field(repr=False, compare=False)
+    is_parameter: bool = True
+    produces: bool = False
+
+    @property
+    def module(self) -> str:
+        """The qualified name of the module owning the tensor ('' for the root module)."""
+        return self.tensor.rpartition(".")[0]
+
+
+@dataclass(frozen=True)
+class PruningGroup:
+    """Channels that must be removed together, everywhere they appear.
+
+    Worked example: in ``relu(bn(conv1(x))) + shortcut`` feeding ``conv2``, channel 5 of the
+    group is row 5 of ``conv1.weight`` (dim 0) and ``conv1.bias``, entry 5 of ``bn.weight``,
+    ``bn.bias``, ``bn.running_mean``, ``bn.running_var``, row 5 of the shortcut conv's weight,
+    and column 5 of ``conv2.weight`` (dim 1). Removing it removes all of these at once, so the
+    model stays well-formed. After a ``flatten`` into a Linear, channel 5 is a whole block of
+    the Linear's input columns; ``Member.positions`` says which.
+
+    ``prunable`` is False, with ``reason``, when the channels reach the model's inputs or
+    outputs, an op prunecli cannot prune through, or a dimension used in another way.
+    """
+
+    id: int
+    name: str
+    channels: int
+    members: tuple[Member, ...]
+    prunable: bool
+    reason: str | None = None
+
+    @property
+    def producers(self) -> tuple[Member, ...]:
+        """Members along which a layer produces these channels (conv/linear output dimensions)."""
+        return tuple(member for member in self.members if member.produces)
+
+
+class ChannelGraph:
+    """All pruning groups of a model, with the layouts they were derived from."""
+
+    def __init__(self, *, table: SpaceTable, groups: Sequence[PruningGroup]) -> None:
+        self.table = table
+        self.groups = list(groups)
+        self._by_id = {group.id: group for group in self.groups}
+
+    def group(self, group_id: int) -> PruningGroup:
+        """The group with this id."""
+        return self._by_id[group_id]
+
+    @property
+    def prunable_groups(self) -> list[PruningGroup]:
+        """Groups whose channels may be removed."""
+        return [group for group in self.groups if group.prunable]
+
+    def keep_indices(self, removed: Mapping[int, Sequence[int]]) -> dict[str, dict[int, np.ndarray]]:
+        """Positions kept along each affected tensor dimension when ``removed[group_id]`` channels go."""
+        dropped: dict[str, dict[int, np.ndarray]] = defaultdict(dict)
+        for group_id, indices in removed.items():
+            group = self.group(group_id)
+            removed_mask = np.zeros(group.channels, dtype=bool)
+            removed_mask[np.asarray(indices, dtype=np.int64)] = True
+            for member in group.members:
+                drop = (member.positions >= 0) & removed_mask[np.maximum(member.positions, 0)]
+                previous = dropped[member.tensor].get(member.dim)
+                dropped[member.tensor][member.dim] = drop if previous is None else previous | drop
+        return {
+            tensor: {dim: np.flatnonzero(~drop) for dim, drop in dims.items() if drop.any()}
+            for tensor, dims in dropped.items()
+            if any(drop.any() for drop in dims.values())
+        }
+
+
+def build_groups(
+    table: SpaceTable,
+    tensor_layouts: Mapping[str, Sequence[Layout]],
+    *,
+    parameters: set[str],
+    producers: Mapping[str, set[int]],
+) -> list[PruningGroup]:
+    """Collect, for every channel space, the tensor dimensions it appears in."""
+    members: dict[int, list[Member]] = defaultdict(list)
+    for tensor, layouts in tensor_layouts.items():
+        for dim, layout in enumerate(layouts):
+            for root, positions in table.index_maps(layout).items():
+                produces = dim in producers.get(tensor, ())
+                members[root].append(Member(tensor, dim, positions, tensor in parameters, produces))
+    channel_roots = {table.find(atom) for atom in table.channel}
+    groups = []
+    for root in sorted(members):
+        if root not in channel_roots:
+            continue
+        group_members = tuple(members[root])
+        channels = table.size(Atom(root))
+        reason = table.fixed.get(root) or ("a single channel" if channels < 2 else None)
+        groups.append(PruningGroup(root, _group_name(group_members), channels, group_members, reason is None, reason))
+    return groups
+
+
+def _group_name(members: Sequence[Member]) -> str:
+    names = list(dict.fromkeys(m.module or m.tensor for m in members if m.produces)) or [members[0].module]
+    return names[0] if len(names) == 1 else f"{names[0]} (+{len(names) - 1} tied)"

@@ -1,0 +1,194 @@
+"""Ops with weights or that compute across channels: conv, linear, matmul, attention, norms, pooling."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from prunecli.graph.layout import Layout
+from prunecli.graph.rules.context import TraceContext, rule
+
+
+def _tie_optional(ctx: TraceContext, tensor: Any, layout: Layout, dim: int = 0) -> None:
+    layouts = ctx.layouts(tensor)
+    if layouts is not None:
+        ctx.table.unify(layouts[dim], layout)
+
+
+@rule("aten::conv1d", "aten::conv2d", "aten::conv3d", "aten::convolution", "aten::_convolution")
+def conv(ctx: TraceContext, node: torch.fx.Node, args: dict[str, Any]) -> Any:
+    """Convolution: input channels meet weight dim 1, weight dim 0 produces the output channels.
+
+    Depthwise convs tie output to input channels; other grouped convs split both into
+    (groups, channels per group) and keep the group count fixed.
+    """
+    if args.get("transposed"):
+        return conv_transpose(ctx, node, args)
+    x, w = ctx.layouts(args["input"]), ctx.layouts(args["weight"])
+    w_shape, groups = ctx.shape(args["weight"]), int(args.get("groups", 1))
+    if len(ctx.shape(args["input"])) != len(w_shape):
+        return ctx.unsupported(node)
+    for kernel in w[2:]:
+        ctx.table.mark_fixed(kernel, "kernel dimension")
+    if groups == 1:
+        ctx.table.unify(x[1], w[1])
+    elif w_shape[1] == 1 and w_shape[0] == groups:
+        ctx.table.unify(x[1], w[0])
+    else:
+        in_group, in_channel = ctx.table.split(x[1], [groups, w_shape[1]], as_product=True)
+        out_group, _ = ctx.table.split(w[0], [groups, w_shape[0] // groups], as_product=True)
+        ctx.table.unify(in_group, out_group)
+        ctx.table.unify(in_channel, w[1])
+        ctx.table.mark_fixed(in_group, "group count of a grouped convolution")
+    ctx.produce(args["weight"], 0)
+    _tie_optional(ctx, args.get("bias"), w[0])
+    return [x[0], w[0]] + ctx.fresh(ctx.shape(node)[2:], "spatial dimension")
+
+
+@rule("aten::conv_transpose1d", "aten::conv_transpose2d", "aten::conv_transpose3d")
+def conv_transpose(ctx: TraceContext, node: torch.fx.Node, args: dict[str, Any]) -> Any:
+    """Transposed convolution: weight is (in, out / groups, kernel...)."""
+    x, w = ctx.layouts(args["input"]), ctx.layouts(args["weight"])
+    if int(args.get("groups", 1)) != 1 or len(ctx.shape(args["input"])) != len(w):
+        return ctx.unsupported(node)
+    for kernel in w[2:]:
+        ctx.table.mark_fixed(kernel, "kernel dimension")
+    ctx.table.unify(x[1], w[0])
+    ctx.produce(args["weight"], 1)
+    _tie_optional(ctx, args.get("bias"), w[1])
+    return [x[0], w[1]] + ctx.fresh(ctx.shape(node)[2:], "spatial dimension")
+
+
+@rule("aten::linear")
+def linear(ctx: TraceContext, node: torch.fx.Node, args: dict[str, Any]) -> Any:
+    """Linear: the last input dimension meets weight dim 1; weight dim 0 produces the output features."""
+    x, w = ctx.layouts(args["input"]), ctx.layouts(args["weight"])
+    ctx.table.unify(x[-1], w[1])
+    ctx.produce(args["weight"], 0)
+    _tie_optional(ctx, args.get("bias"), w[0])
+    return list(x[:-1]) + [w[0]]
+
+
+@rule("aten::embedding")
+def embedding(ctx: TraceContext, node: torch.fx.Node, args: dict[str, Any]) -> Any:
+    """Embedding lookup: weight dim 1 produces the embedding channels; the vocabulary is fixed."""
+    w, indices = ctx.layouts(args["weight"]), ctx.layouts(args["indices"])
+    ctx.table.mark_fixed(w[0], "vocabulary of an embedding")
+    ctx.produce(args["weight"], 1)
+    return list(indices) + [w[1]]
+
+
+@rule("aten::batch_norm", "aten::instance_norm", "aten::_native_batch_norm_legit_no_training")
+def batch_norm(ctx: TraceContext, node: torch.fx.Node, args: dict[str, Any]) -> Any:
+    """Per-channel normalisation over dim 1: its parameters and statistics share the input's channels."""
+    x = ctx.layouts(args["input"])
+    for name in ("weight", "bias", "running_mean", "running_var"):
+        _tie_optional(ctx, args.get(name), x[1])
+    if isinstance(node.meta.get("val"), (tuple, list)):
+        return [list(x)] + [None] * (len(node.meta["val"]) - 1)
+    return list(x)
+
+
+@rule("aten::layer_norm", "aten::group_norm", "aten::rms_norm")
+def normalization_over_channels(ctx: TraceContext, node: torch.fx.Node, args: dict[str, Any]) -> Any:
+    """Norms whose statistics span channels: removing channels changes them, so they stay fixed for now."""
+    x = ctx.layouts(args["input"])
+    normalized = x[1:] if node.target._schema.name == "aten::group_norm" else x[-len(args["normalized_shape"]) :]
+    for layout in normalized:
+        ctx.table.mark_fixed(layout, f"normalised together by {node.target._schema.name}")
+    for name in ("weight", "bias"):
+        for layout in ctx.layouts(args.get(name)) or []:
+            ctx.table.mark_fixed(layout, f"parameter of {node.target._schema.name}")
+    return list(x)
+
+
+_POOLS = {
+    "aten::max_pool1d": 1, "aten::max_pool2d": 2, "aten::max_pool3d": 3, "aten::avg_pool1d": 1,
+    "aten::avg_pool2d": 2, "aten::avg_pool3d": 3, "aten::adaptive_avg_pool1d": 1, "aten::adaptive_avg_pool2d": 2,
+    "aten::adaptive_avg_pool3d": 3, "aten::adaptive_max_pool1d": 1, "aten::adaptive_max_pool2d": 2,
+    "aten::adaptive_max_pool3d": 3, "aten::max_pool2d_with_indices": 2, "aten::max_pool3d_with_indices": 3,
+    "aten::upsample_nearest2d": 2, "aten::upsample_bilinear2d": 2, "aten::upsample_nearest1d": 1,
+    "aten::upsample_nearest3d": 3, "aten::upsample_bicubic2d": 2, "aten::upsample_linear1d": 1,
+    "aten::upsample_trilinear3d": 3,
+}  # fmt: skip
+
+
+@rule(*_POOLS)
+def pool(ctx: TraceContext, node: torch.fx.Node, args: dict[str, Any]) -> Any:
+    """Pooling and resizing: channel dimensions pass through, spatial ones become new fixed spaces."""
+    x = ctx.layouts(args.get("self", args.get("input")))
+    spatial = _POOLS[node.target._schema.name]
+    val = node.meta["val"]
+    first = val[0] if isinstance(val, (tuple, list)) else val
+    out = list(x[:-spatial]) + ctx.fresh(first.shape[-spatial:], "spatial dimension")
+    if isinstance(val, (tuple, list)):
+        return [out] + [ctx.fresh(v.shape, "pooling indices") for v in val[1:]]
+    return out
+
+
+@rule("aten::mean", "aten::sum", "aten::amax", "aten::amin", "aten::var", "aten::std", "aten::max", "aten::min")
+def reduce(ctx: TraceContext, node: torch.fx.Node, args: dict[str, Any]) -> Any:
+    """Reductions: kept dimensions pass through; reduced ones are fixed (sums excepted: zeros add nothing)."""
+    x = ctx.layouts(args["self"])
+    dims = args.get("dim")
+    if dims is None or dims == []:
+        dims = list(range(len(x)))
+    dims = {d % len(x) for d in ([dims] if isinstance(dims, int) else dims)}
+    if node.target._schema.name != "aten::sum":
+        for d in dims:
+            ctx.table.mark_fixed(x[d], f"reduced by {node.target._schema.name}")
+    keep = bool(args.get("keepdim", False))
+    out = [ctx.table.singleton() if d in dims else x[d] for d in range(len(x)) if keep or d not in dims]
+    if isinstance(node.meta.get("val"), (tuple, list)):
+        return [out, ctx.fresh(node.meta["val"][1].shape, "reduction indices")]
+    return out
+
+
+@rule("aten::softmax", "aten::_softmax", "aten::log_softmax", "aten::_log_softmax")
+def softmax(ctx: TraceContext, node: torch.fx.Node, args: dict[str, Any]) -> Any:
+    """Softmax: shape kept; the normalised dimension is fixed."""
+    x = ctx.layouts(args["self"])
+    ctx.table.mark_fixed(x[args["dim"] % len(x)], "normalised by softmax")
+    return list(x)
+
+
+@rule("aten::matmul", "aten::mm", "aten::bmm")
+def matmul(ctx: TraceContext, node: torch.fx.Node, args: dict[str, Any]) -> Any:
+    """Matrix products: batch dimensions broadcast, the contracted ones are tied."""
+    a, b = ctx.layouts(args["self"]), ctx.layouts(args.get("mat2", args.get("other")))
+    a_shape, b_shape = ctx.shape(args["self"]), ctx.shape(args.get("mat2", args.get("other")))
+    if a is None or b is None or len(a) < 2 or len(b) < 2:
+        return ctx.unsupported(node)
+    ctx.table.unify(a[-1], b[-2])
+    batch = _broadcast_batch(ctx, a[:-2], a_shape[:-2], b[:-2], b_shape[:-2])
+    return batch + [a[-2], b[-1]]
+
+
+def _broadcast_batch(ctx: TraceContext, a: list, a_shape: tuple, b: list, b_shape: tuple) -> list[Layout]:
+    rank = max(len(a), len(b))
+    out = []
+    for i in range(rank):
+        ia, ib = i - (rank - len(a)), i - (rank - len(b))
+        la = a[ia] if ia >= 0 and a_shape[ia] != 1 else None
+        lb = b[ib] if ib >= 0 and b_shape[ib] != 1 else None
+        if la is not None and lb is not None:
+            ctx.table.unify(la, lb)
+        out.append(la or lb or ctx.table.singleton())
+    return out
+
+
+@rule("aten::scaled_dot_product_attention")
+def attention(ctx: TraceContext, node: torch.fx.Node, args: dict[str, Any]) -> Any:
+    """softmax(q kᵀ · scale) v: q and k share their last dimension, k and v their sequence."""
+    q, k, v = (ctx.layouts(args[name]) for name in ("query", "key", "value"))
+    shapes = [ctx.shape(args[name]) for name in ("query", "key", "value")]
+    if args.get("attn_mask") is not None:
+        ctx.fix_inputs(node, "attention with a mask")
+    ctx.table.unify(q[-1], k[-1])
+    if args.get("scale") is None:
+        ctx.table.mark_fixed(q[-1], "attention scale depends on the head size")
+    ctx.table.unify(k[-2], v[-2])
+    batch = _broadcast_batch(ctx, q[:-2], shapes[0][:-2], k[:-2], shapes[1][:-2])
+    batch = _broadcast_batch(ctx, batch, shapes[0][:-2], v[:-2], shapes[2][:-2])
+    return batch + [q[-2], v[-1]]

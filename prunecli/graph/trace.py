@@ -1,0 +1,89 @@
+"""The torch front-end: trace a module with torch.export and walk its ATen graph through the rules."""
+
+from __future__ import annotations
+
+import operator
+
+import torch
+
+from prunecli.errors import UnsupportedModelError
+from prunecli.graph.channel_graph import ChannelGraph, build_groups
+from prunecli.graph.layout import SpaceTable
+from prunecli.graph.rules import RULES, TraceContext
+from prunecli.graph.rules.context import bind_arguments, op_name
+
+
+def export_program(module: torch.nn.Module, example_input: torch.Tensor) -> torch.export.ExportedProgram:
+    """torch.export of ``module`` in eval mode; a model that cannot be traced is a one-line error."""
+    was_training = module.training
+    module.eval()
+    try:
+        return torch.export.export(module, (example_input,), strict=False)
+    except Exception as error:  # torch raises many types here; all mean "cannot trace"
+        first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise UnsupportedModelError(
+            f"cannot trace the model with torch.export ({type(error).__name__}: {first_line[:200]}); "
+            "make its forward traceable (no data-dependent Python control flow) or prune its submodules"
+        ) from error
+    finally:
+        module.train(was_training)
+
+
+def build_channel_graph(module: torch.nn.Module, example_input: torch.Tensor) -> ChannelGraph:
+    """Trace ``module`` on ``example_input`` and derive its pruning groups."""
+    program = export_program(module, example_input)
+    signature = program.graph_signature
+    tensor_names = {**signature.inputs_to_parameters, **signature.inputs_to_buffers}
+    table = SpaceTable()
+    ctx = TraceContext(table)
+    for node in program.graph.nodes:
+        ctx.values[node] = _visit(ctx, node, tensor_names)
+    tensor_layouts = {
+        ctx.tensor_of_placeholder[node]: ctx.values[node]
+        for node in ctx.tensor_of_placeholder
+        if isinstance(ctx.values.get(node), list)
+    }
+    groups = build_groups(
+        table, tensor_layouts, parameters=set(signature.inputs_to_parameters.values()), producers=ctx.producers
+    )
+    return ChannelGraph(table=table, groups=groups)
+
+
+def _visit(ctx: TraceContext, node: torch.fx.Node, tensor_names: dict[str, str]):
+    if node.op == "placeholder":
+        return _placeholder(ctx, node, tensor_names)
+    if node.op == "output":
+        for value in node.all_input_nodes:
+            for layout in ctx.layouts(value) or []:
+                ctx.table.mark_fixed(layout, "reaches a model output")
+            for item in ctx.values.get(value) or []:
+                if isinstance(item, list):
+                    for layout in item:
+                        ctx.table.mark_fixed(layout, "reaches a model output")
+        return None
+    if node.op != "call_function":
+        return ctx.unsupported(node)
+    name = "getitem" if node.target is operator.getitem else op_name(node)
+    if not _has_tensor_output(node) and name != "getitem":
+        return None
+    handler = RULES.get(name)
+    if handler is None:
+        return ctx.unsupported(node)
+    return handler(ctx, node, bind_arguments(node))
+
+
+def _placeholder(ctx: TraceContext, node: torch.fx.Node, tensor_names: dict[str, str]):
+    value = node.meta.get("val")
+    if not isinstance(value, torch.Tensor):
+        return None
+    if node.name in tensor_names:
+        ctx.tensor_of_placeholder[node] = tensor_names[node.name]
+        return [ctx.table.singleton() if s == 1 else ctx.table.new(int(s)) for s in value.shape]
+    return ctx.fresh(value.shape, "reaches a model input")
+
+
+def _has_tensor_output(node: torch.fx.Node) -> bool:
+    value = node.meta.get("val")
+    if isinstance(value, (tuple, list)):
+        return any(isinstance(v, torch.Tensor) for v in value)
+    return isinstance(value, torch.Tensor)

@@ -1,0 +1,58 @@
+"""The surgery invariant: the pruned model's outputs equal the original's with the removed channels zeroed."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from prunecli.surgery.torch_surgery import Keep, zero_removed
+
+
+@dataclass(frozen=True)
+class Verification:
+    """Largest absolute difference between pruned and masked-original outputs, and the verdict."""
+
+    max_abs_diff: float
+    tolerance: float
+    passed: bool
+
+    def to_dict(self) -> dict:
+        return {"max_abs_diff": self.max_abs_diff, "tolerance": self.tolerance, "passed": self.passed}
+
+
+def masked_copy(module: nn.Module, keep: Keep) -> nn.Module:
+    """A copy of ``module`` whose to-be-removed parameter and buffer positions are zero."""
+    masked = copy.deepcopy(module)
+    zero_removed(masked, keep)
+    return masked
+
+
+def output_tensors(output: object) -> list[torch.Tensor]:
+    """The tensors of a model output (a tensor, or a tuple/list/dict of them), in a stable order."""
+    if isinstance(output, torch.Tensor):
+        return [output]
+    if isinstance(output, dict):
+        return [t for key in sorted(output) for t in output_tensors(output[key])]
+    if isinstance(output, (tuple, list)):
+        return [t for item in output for t in output_tensors(item)]
+    return []
+
+
+def verify_surgery(
+    *, original: nn.Module, pruned: nn.Module, keep: Keep, inputs: torch.Tensor, tolerance: float
+) -> Verification:
+    """Compare ``pruned(inputs)`` with the masked original; tolerance scales with the output magnitude."""
+    masked = masked_copy(original, keep).eval()
+    was_training = pruned.training
+    pruned.eval()
+    with torch.inference_mode():
+        expected, actual = output_tensors(masked(inputs)), output_tensors(pruned(inputs))
+    pruned.train(was_training)
+    if len(expected) != len(actual) or any(e.shape != a.shape for e, a in zip(expected, actual)):
+        return Verification(float("inf"), tolerance, False)
+    diff = max((float((e - a).abs().max()) for e, a in zip(expected, actual) if e.numel()), default=0.0)
+    scale = max((float(e.abs().max()) for e in expected if e.numel()), default=1.0)
+    return Verification(diff, tolerance, diff <= tolerance * max(1.0, scale))
