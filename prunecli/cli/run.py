@@ -1,0 +1,102 @@
+"""``prunecli run``: load a pipeline, run it, show the report; exit 1 when a gate failed."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Literal
+
+import typer
+
+from prunecli.cli.errors import error_boundary
+from prunecli.cli.options import DataOption, DebugOption, JsonOption, ModelOption, PipelineArgument, SetOption
+from prunecli.errors import InputError
+
+if TYPE_CHECKING:
+    from prunecli.pipeline.options import RunResult
+
+
+@error_boundary
+def run(
+    pipeline: PipelineArgument,
+    model: ModelOption = None,
+    data: DataOption = None,
+    output: Annotated[
+        Path | None,
+        typer.Option(
+            "-o", "--output", help="Folder for the outputs; default out/<pipeline file stem>.", show_default=False
+        ),
+    ] = None,
+    overrides: SetOption = None,
+    device: Annotated[
+        Literal["cpu", "cuda"] | None,
+        typer.Option("--device", help="Overrides the pipeline's device.", show_default=False),
+    ] = None,
+    seed: Annotated[
+        int | None, typer.Option("--seed", help="Overrides the pipeline's seed.", show_default=False)
+    ] = None,
+    json_output: JsonOption = False,
+    trust_pickle: Annotated[
+        bool,
+        typer.Option(
+            "--trust-pickle", help="Allow loading a pickled model: it can run code, so only for files you trust."
+        ),
+    ] = False,
+    debug: DebugOption = False,
+) -> int:
+    """Run a pipeline: prune, fine-tune, measure; write the model and report.json/report.md."""
+    from prunecli.config.loading import apply_cli_overrides, load_pipeline
+    from prunecli.pipeline.options import RunOptions
+
+    loaded = apply_cli_overrides(load_pipeline(pipeline, overrides=overrides or ()), model=model, data=data)
+    _check_device(device or loaded.device, from_flag=device is not None)
+    output_dir = output if output is not None else Path("out") / pipeline.stem
+    options = RunOptions(
+        output_dir=output_dir,
+        base_dir=pipeline.absolute().parent,
+        device=device,
+        seed=seed,
+        trust_pickle=trust_pickle,
+        progress=sys.stderr.isatty() and not json_output,
+    )
+    from prunecli.pipeline.runner import run_pipeline
+
+    result = run_pipeline(loaded, options=options)
+    if json_output:
+        typer.echo(json.dumps(result.report))
+    else:
+        _show(result, output_dir=output_dir)
+    _warn_failed_gates(result)
+    return 0 if result.gates_passed else 1
+
+
+def _check_device(device: str, *, from_flag: bool) -> None:
+    if device != "cuda":
+        return
+    import torch
+
+    if not torch.cuda.is_available():
+        asked = "--device cuda asked" if from_flag else "the pipeline asks for device: cuda"
+        raise InputError(f"{asked} but no CUDA device is available; use --device cpu")
+
+
+def _show(result: RunResult, *, output_dir: Path) -> None:
+    from rich.console import Console
+
+    from prunecli.report.render import gates_table, report_table
+    from prunecli.report.rows import verification_line
+
+    console = Console()
+    console.print(report_table(result.report))
+    if result.report.get("gates"):
+        console.print(gates_table(result.report))
+    typer.echo(verification_line(result.report))
+    written = ", ".join(path.name for path in result.written.values())
+    typer.echo(f"wrote {output_dir}: {written}" if written else f"outputs in {output_dir}")
+
+
+def _warn_failed_gates(result: RunResult) -> None:
+    for name, gate in (result.report.get("gates") or {}).items():
+        if not gate.get("passed"):
+            typer.echo(f"gate failed: {name}: value {gate.get('value')}, limit {gate.get('limit')}", err=True)

@@ -1,0 +1,62 @@
+"""``prunecli validate``: check a pipeline and the files it names without loading any weights."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import typer
+
+from prunecli.cli.errors import error_boundary
+from prunecli.cli.options import DataOption, DebugOption, JsonOption, ModelOption, PipelineArgument, SetOption
+from prunecli.errors import InputError
+
+if TYPE_CHECKING:
+    from prunecli.config.schema import Pipeline
+
+
+@error_boundary
+def validate(
+    pipeline: PipelineArgument,
+    overrides: SetOption = None,
+    model: ModelOption = None,
+    data: DataOption = None,
+    json_output: JsonOption = False,
+    debug: DebugOption = False,
+) -> None:
+    """Validate a pipeline (schema, names, step order) and check that the files it names exist."""
+    try:
+        steps = _validated_steps(pipeline, overrides=overrides or (), model=model, data=data)
+    except InputError as exc:
+        if json_output:
+            typer.echo(json.dumps({"ok": False, "error": str(exc)}))
+        raise
+    if json_output:
+        typer.echo(json.dumps({"ok": True, "pipeline": str(pipeline), "steps": steps}))
+    else:
+        typer.echo(f"ok: {' -> '.join(steps)}")
+
+
+def _validated_steps(
+    path: Path, *, overrides: Sequence[str], model: Path | None, data: Path | None
+) -> list[str]:
+    from prunecli.config.loading import apply_cli_overrides, check_referenced_files, load_pipeline
+
+    loaded = apply_cli_overrides(load_pipeline(path, overrides=overrides), model=model, data=data)
+    try:
+        check_referenced_files(loaded, base_dir=path.absolute().parent)
+    except InputError as exc:
+        raise InputError(f"{path}: {exc}") from None
+    return _describe_steps(loaded)
+
+
+def _describe_steps(pipeline: Pipeline) -> list[str]:
+    """Each step as ``kind(non-default options)``, e.g. ``select(ratio=0.5, scope=global)``."""
+    described = []
+    for step in pipeline.steps:
+        options = step.model_dump(mode="json", exclude_defaults=True, exclude={"kind"})
+        arguments = ", ".join(f"{key}={value}" for key, value in options.items())
+        described.append(f"{step.kind}({arguments})" if arguments else step.kind)
+    return described

@@ -1,0 +1,1 @@
+"""Reports: the run's measurements as rich tables, markdown and report.json."""

@@ -1,0 +1,91 @@
+"""Lay a report out as rich tables (for the terminal) or as markdown (report.md).
+
+Both views show the same rows (see ``prunecli.report.rows``): one column per stage, the
+change of the last stage against the first, the gates, and in markdown also the
+verification result and a per-group table of channels kept.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.table import Table
+from rich.text import Text
+
+from prunecli.report.rows import (
+    Row,
+    comparison_rows,
+    gate_rows,
+    gates_passed,
+    group_rows,
+    verification_line,
+)
+
+# Columns of words rather than numbers: aligned left.
+_TEXT_COLUMNS = frozenset({"status", "result"})
+
+
+def report_table(report: dict[str, Any]) -> Table:
+    """The stage comparison (params, MACs, size, latency, accuracy, top-5, loss) as a rich table."""
+    header, rows = comparison_rows(report)
+    return _rich_table(header, rows, title="prunecli report")
+
+
+def gates_table(report: dict[str, Any]) -> Table:
+    """The gates as a rich table; the result column is green for pass and red for FAIL."""
+    header, rows = gate_rows(report)
+    return _rich_table(header, rows, title="gates")
+
+
+def report_markdown(report: dict[str, Any]) -> str:
+    """The whole report as markdown: run facts, stage comparison, verification, gates, groups."""
+    sections = ["# prunecli report", _facts_markdown(report)]
+    sections += ["## Measurements", _markdown_table(*comparison_rows(report))]
+    sections += ["## Verification", verification_line(report)]
+    gate_header, gates = gate_rows(report)
+    if gates:
+        verdict = "all gates passed" if gates_passed(report) else "a gate FAILED"
+        sections += ["## Gates", verdict, _markdown_table(gate_header, gates)]
+    group_header, groups = group_rows(report)
+    if groups:
+        sections += ["## Channels kept per group", _markdown_table(group_header, groups)]
+    return "\n\n".join(sections) + "\n"
+
+
+def _rich_table(header: Row, rows: list[Row], *, title: str) -> Table:
+    table = Table(title=title, title_justify="left")
+    table.add_column(header[0], no_wrap=True)
+    for name in header[1:]:
+        table.add_column(name, justify="left" if name in _TEXT_COLUMNS else "right")
+    for row in rows:
+        table.add_row(*(_rich_cell(cell) for cell in row))
+    return table
+
+
+def _rich_cell(cell: str) -> Text:
+    """Plain text (no markup parsing, so names with brackets show as written); verdicts coloured."""
+    style = {"pass": "green", "FAIL": "bold red"}.get(cell, "")
+    return Text(cell, style=style)
+
+
+def _facts_markdown(report: dict[str, Any]) -> str:
+    model = report.get("model") or {}
+    facts = [
+        f"- model: `{model.get('path')}` ({model.get('format')})",
+        f"- device: {report.get('device')}, seed: {report.get('seed')}",
+        f"- prunecli version: {report.get('prunecli_version')}",
+    ]
+    for name, path in (report.get("outputs") or {}).items():
+        facts.append(f"- output {name}: `{path}`")
+    return "\n".join(facts)
+
+
+def _markdown_table(header: Row, rows: list[Row]) -> str:
+    rule = [" --- " if index == 0 or name in _TEXT_COLUMNS else " ---: " for index, name in enumerate(header)]
+    lines = [_markdown_row(header), "|" + "|".join(rule) + "|"]
+    lines += [_markdown_row(row) for row in rows]
+    return "\n".join(lines)
+
+
+def _markdown_row(cells: Row) -> str:
+    return "| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |"
