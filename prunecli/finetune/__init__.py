@@ -1,0 +1,7 @@
+"""Fine-tuning after pruning: the training loop (``loop``), optimizers and schedules (``optim``)
+and the distillation loss (``distill``). Importing this package imports torch.
+"""
+
+from prunecli.finetune.loop import finetune
+
+__all__ = ["finetune"]
