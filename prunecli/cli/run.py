@@ -11,7 +11,6 @@ import typer
 
 from prunecli.cli.errors import error_boundary
 from prunecli.cli.options import DataOption, DebugOption, JsonOption, ModelOption, PipelineArgument, SetOption
-from prunecli.errors import InputError
 
 if TYPE_CHECKING:
     from prunecli.pipeline.options import RunResult
@@ -50,7 +49,6 @@ def run(
     from prunecli.pipeline.options import RunOptions
 
     loaded = apply_cli_overrides(load_pipeline(pipeline, overrides=overrides or ()), model=model, data=data)
-    _check_device(device or loaded.device, from_flag=device is not None)
     output_dir = output if output is not None else Path("out") / pipeline.stem
     options = RunOptions(
         output_dir=output_dir,
@@ -69,16 +67,6 @@ def run(
         _show(result, output_dir=output_dir)
     _warn_failed_gates(result)
     return 0 if result.gates_passed else 1
-
-
-def _check_device(device: str, *, from_flag: bool) -> None:
-    if device != "cuda":
-        return
-    import torch
-
-    if not torch.cuda.is_available():
-        asked = "--device cuda asked" if from_flag else "the pipeline asks for device: cuda"
-        raise InputError(f"{asked} but no CUDA device is available; use --device cpu")
 
 
 def _show(result: RunResult, *, output_dir: Path) -> None:

@@ -68,6 +68,22 @@ def dump_resolved(pipeline: Pipeline) -> str:
     return yaml.dump(resolved, Dumper=_ResolvedDumper, sort_keys=False, default_flow_style=False)
 
 
+def with_absolute_paths(pipeline: Pipeline, *, base_dir: Path) -> Pipeline:
+    """``pipeline`` with its relative file paths (model, arch file, data) made absolute against ``base_dir``.
+
+    The resolved pipeline saved beside the outputs then re-runs from any folder.
+    """
+    fields = pipeline.model_dump()
+    model, data = fields["model"], fields["data"]
+    for section, key in ((model, "path"), (data, "train"), (data, "eval")):
+        if section[key] is not None:
+            section[key] = (base_dir / section[key]).resolve()
+    arch_file = _arch_file(model["arch"])
+    if arch_file is not None:
+        model["arch"] = f"{(base_dir / arch_file).resolve()}:{model['arch'].rpartition(':')[2]}"
+    return Pipeline.model_validate(fields)
+
+
 def json_schema() -> dict[str, Any]:
     """The JSON Schema of a pipeline file (for editors and ``prunecli schema``)."""
     return Pipeline.model_json_schema()

@@ -121,10 +121,22 @@ def _load_export(path: Path, *, spec: ModelSpec) -> LoadedModel:
     except TypeError:  # torch < 2.9 has no check_guards
         module = program.module()
     _allow_mode_switch(module)
+    _drop_input_shape_check(module)
     shape = _required_shape(spec.input_shape or _exported_input_shape(program), "export")
     return LoadedModel(
         format="export", source=path, module=module.eval(), onnx_path=None, arch=None, arch_kwargs={}, input_shape=shape
     )
+
+
+def _drop_input_shape_check(module: torch.nn.Module) -> None:
+    """Let a program exported with a static batch size run on other batch sizes.
+
+    Most graphs do not depend on the batch size (conv, linear, flatten(1)); one that does
+    fails loudly on the first other batch, which the runner reports.
+    """
+    hooks = module._forward_pre_hooks
+    for key in [k for k, hook in hooks.items() if getattr(hook, "__name__", "") == "_check_input_constraints_pre_hook"]:
+        del hooks[key]
 
 
 def _allow_mode_switch(module: torch.nn.Module) -> None:

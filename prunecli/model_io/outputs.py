@@ -1,4 +1,4 @@
-"""What a model returns, reduced to the one tensor prunecli measures and trains on."""
+"""What a model returns, reduced to tensors: all of them (verification) or the logits (metrics, training)."""
 
 from __future__ import annotations
 
@@ -10,28 +10,28 @@ import torch
 from prunecli.errors import UnsupportedModelError
 
 
-def first_tensor(output: Any) -> torch.Tensor:
-    """The first tensor in a model's output, searching tuples, lists and dicts in order: the logits.
+def output_tensors(output: Any) -> list[torch.Tensor]:
+    """Every tensor in a model's output, searching tuples, lists and dicts in order.
 
-    Example: ``first_tensor((logits, aux))`` and ``first_tensor({"logits": logits, "aux": aux})`` give ``logits``.
+    Dicts keep insertion order: a Hugging Face ``ModelOutput`` puts the logits first.
     """
-    found = _search(output)
-    if found is None:
-        raise UnsupportedModelError(f"the model returned a {type(output).__name__} with no tensor in it; return logits")
-    return found
-
-
-def _search(output: Any) -> torch.Tensor | None:
     if isinstance(output, torch.Tensor):
-        return output
+        return [output]
     if isinstance(output, Mapping):
-        children = list(output.values())  # insertion order: a ModelOutput puts logits first
+        children = list(output.values())
     elif isinstance(output, (tuple, list)):
         children = list(output)
     else:
-        return None
-    for child in children:
-        found = _search(child)
-        if found is not None:
-            return found
-    return None
+        return []
+    return [tensor for child in children for tensor in output_tensors(child)]
+
+
+def first_tensor(output: Any) -> torch.Tensor:
+    """The first tensor in a model's output: the logits.
+
+    Example: ``first_tensor((logits, aux))`` and ``first_tensor({"logits": logits, "aux": aux})`` give ``logits``.
+    """
+    tensors = output_tensors(output)
+    if not tensors:
+        raise UnsupportedModelError(f"the model returned a {type(output).__name__} with no tensor in it; return logits")
+    return tensors[0]

@@ -25,8 +25,10 @@ class RunOptions:
 
 @dataclass
 class RunResult:
-    """The report (as written to report.json) and whether every gate passed."""
+    """The report (as written to report.json), whether every gate passed, the files written,
+    and the final model (a torch module; None for ONNX inputs)."""
 
     report: dict[str, Any]
     gates_passed: bool
     written: dict[str, Path] = field(default_factory=dict)
+    module: Any = None

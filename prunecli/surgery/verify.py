@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from prunecli.model_io.outputs import output_tensors
 from prunecli.surgery.torch_surgery import Keep, zero_removed
 
 
@@ -28,17 +29,6 @@ def masked_copy(module: nn.Module, keep: Keep) -> nn.Module:
     masked = copy.deepcopy(module)
     zero_removed(masked, keep)
     return masked
-
-
-def output_tensors(output: object) -> list[torch.Tensor]:
-    """The tensors of a model output (a tensor, or a tuple/list/dict of them), in a stable order."""
-    if isinstance(output, torch.Tensor):
-        return [output]
-    if isinstance(output, dict):
-        return [t for key in sorted(output) for t in output_tensors(output[key])]
-    if isinstance(output, (tuple, list)):
-        return [t for item in output for t in output_tensors(item)]
-    return []
 
 
 def verify_surgery(

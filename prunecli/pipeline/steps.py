@@ -1,0 +1,92 @@
+"""One small handler per step kind, registered against the step's config type."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+
+from prunecli.config.schema import EvaluateStep, FinetuneStep, PruneStep, ScoreStep, SelectStep
+from prunecli.criteria.registry import get_criterion
+from prunecli.errors import VerificationError
+from prunecli.finetune import finetune
+from prunecli.graph.trace import build_channel_graph
+from prunecli.pipeline.measure import measure_stage
+from prunecli.pipeline.state import RunState
+from prunecli.selection import select_channels
+from prunecli.surgery import apply_keep
+from prunecli.surgery.verify import verify_surgery
+
+Handler = Callable[[RunState, object], None]
+HANDLERS: dict[type, Handler] = {}
+
+
+def handles(step_type: type) -> Callable[[Handler], Handler]:
+    """Register the handler of one step type; a second registration is an error."""
+
+    def decorate(function: Handler) -> Handler:
+        if step_type in HANDLERS:
+            raise ValueError(f"a handler for {step_type.__name__} is registered twice")
+        HANDLERS[step_type] = function
+        return function
+
+    return decorate
+
+
+def run_step(state: RunState, step: object) -> None:
+    """Run one step on the state."""
+    HANDLERS[type(step)](state, step)
+
+
+@handles(ScoreStep)
+def score(state: RunState, step: ScoreStep) -> None:
+    """Build the channel graph (once) and score every prunable group's channels."""
+    if state.graph is None:
+        state.graph = build_channel_graph(state.module, state.sample)
+    state.scores = get_criterion(step.criterion)(state.graph, module=state.module, seed=state.seed)
+
+
+@handles(SelectStep)
+def select(state: RunState, step: SelectStep) -> None:
+    """Choose the channels each group loses."""
+    state.plan = select_channels(state.graph, state.scores, step)
+
+
+@handles(PruneStep)
+def prune(state: RunState, step: PruneStep) -> None:
+    """Remove the selected channels, verify pruned == masked original, then measure."""
+    keep = state.graph.keep_indices(state.plan.removed)
+    pruned = copy.deepcopy(state.module)
+    apply_keep(pruned, keep)
+    state.verification = verify_surgery(
+        original=state.module, pruned=pruned, keep=keep, inputs=state.sample, tolerance=step.tolerance
+    )
+    if not state.verification.passed:
+        raise VerificationError(
+            f"pruned outputs differ from the masked original by {state.verification.max_abs_diff:.3g} "
+            f"(tolerance {step.tolerance:g}); this is a prunecli bug: please report it with --debug output"
+        )
+    state.module, state.keep = pruned, keep
+    measure_stage(state, "pruned")
+
+
+@handles(FinetuneStep)
+def finetune_step(state: RunState, step: FinetuneStep) -> None:
+    """Train the current model, optionally distilling from the unpruned one, then measure."""
+    teacher = state.original if step.distill is not None else None
+    finetune(
+        state.module,
+        train=state.data.train,
+        step=step,
+        batch_size=state.pipeline.data.batch_size,
+        device=state.device,
+        seed=state.seed,
+        teacher=teacher,
+        progress=state.options.progress,
+    )
+    measure_stage(state, "finetuned")
+
+
+@handles(EvaluateStep)
+def evaluate(state: RunState, step: EvaluateStep) -> None:
+    """Measure the current model under the step's name."""
+    measure_stage(state, step.name)
