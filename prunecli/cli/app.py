@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from prunecli import __version__
-from prunecli.cli import env, run, schema, validate
+from prunecli.cli import env, inspect, run, schema, validate
 
 app = typer.Typer(
     name="prunecli",
@@ -19,6 +19,7 @@ app.command("run")(run.run)
 app.command("validate")(validate.validate)
 app.command("schema")(schema.schema)
 app.command("env")(env.env)
+app.command("inspect")(inspect.inspect)
 
 
 def _print_version(value: bool) -> None:

@@ -7,6 +7,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
+import torch
 
 from prunecli.graph.layout import Atom, Layout, SpaceTable
 
@@ -59,12 +60,30 @@ class PruningGroup:
         return tuple(member for member in self.members if member.produces)
 
 
+@dataclass(frozen=True)
+class SizeUse:
+    """A dimension size that the model's Python code builds from module attributes.
+
+    ``x.reshape(B, N, 3, self.num_heads, self.head_dim)`` inside ``blocks.0.attn`` records one
+    use per reshaped dimension; ``x.split(self.expand_chs // 2)`` records the pieces and the
+    whole. After pruning, an int attribute of ``module`` equal to ``size`` follows that
+    dimension's new size, so the pruned model's forward builds the new shapes.
+    """
+
+    module: str
+    size: int
+    layout: Layout
+
+
 class ChannelGraph:
     """All pruning groups of a model, with the layouts they were derived from."""
 
-    def __init__(self, *, table: SpaceTable, groups: Sequence[PruningGroup]) -> None:
+    def __init__(
+        self, *, table: SpaceTable, groups: Sequence[PruningGroup], size_uses: Sequence[SizeUse] = ()
+    ) -> None:
         self.table = table
         self.groups = list(groups)
+        self.size_uses = list(size_uses)
         self._by_id = {group.id: group for group in self.groups}
 
     def group(self, group_id: int) -> PruningGroup:
@@ -81,8 +100,7 @@ class ChannelGraph:
         dropped: dict[str, dict[int, np.ndarray]] = defaultdict(dict)
         for group_id, indices in removed.items():
             group = self.group(group_id)
-            removed_mask = np.zeros(group.channels, dtype=bool)
-            removed_mask[np.asarray(indices, dtype=np.int64)] = True
+            removed_mask = self._removed_mask(group_id, indices)
             for member in group.members:
                 drop = (member.positions >= 0) & removed_mask[np.maximum(member.positions, 0)]
                 previous = dropped[member.tensor].get(member.dim)
@@ -92,6 +110,44 @@ class ChannelGraph:
             for tensor, dims in dropped.items()
             if any(drop.any() for drop in dims.values())
         }
+
+
+    def attribute_updates(
+        self, removed: Mapping[int, Sequence[int]], module: torch.nn.Module
+    ) -> dict[str, dict[str, int]]:
+        """New values of module int attributes that size a dimension which ``removed`` shrinks.
+
+        An attribute is updated only when its module sizes that dimension (see ``SizeUse``) and
+        the old size maps to a single new size; the caller verifies the result.
+        """
+        masks = {group_id: self._removed_mask(group_id, indices) for group_id, indices in removed.items()}
+        new_sizes: dict[tuple[str, int], set[int]] = defaultdict(set)
+        for use in self.size_uses:
+            new = self._kept_positions(use.layout, masks)
+            if new != use.size:
+                new_sizes[(use.module, use.size)].add(new)
+        updates: dict[str, dict[str, int]] = defaultdict(dict)
+        for (path, old), candidates in new_sizes.items():
+            if len(candidates) != 1:
+                continue
+            owner = module.get_submodule(path)
+            for name, value in vars(owner).items():
+                if type(value) is int and value == old and not name.startswith("_"):
+                    updates[path][name] = next(iter(candidates))
+        return dict(updates)
+
+    def _removed_mask(self, group_id: int, indices: Sequence[int]) -> np.ndarray:
+        mask = np.zeros(self.group(group_id).channels, dtype=bool)
+        mask[np.asarray(indices, dtype=np.int64)] = True
+        return mask
+
+    def _kept_positions(self, layout: Layout, masks: Mapping[int, np.ndarray]) -> int:
+        maps = self.table.index_maps(layout)
+        kept = np.ones(self.table.size(layout), dtype=bool)
+        for root, positions in maps.items():
+            if root in masks:
+                kept &= ~((positions >= 0) & masks[root][np.maximum(positions, 0)])
+        return int(kept.sum())
 
 
 def build_groups(

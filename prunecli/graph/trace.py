@@ -7,7 +7,7 @@ import operator
 import torch
 
 from prunecli.errors import UnsupportedModelError
-from prunecli.graph.channel_graph import ChannelGraph, build_groups
+from prunecli.graph.channel_graph import ChannelGraph, SizeUse, build_groups
 from prunecli.graph.layout import SpaceTable
 from prunecli.graph.rules import RULES, TraceContext
 from prunecli.graph.rules.context import bind_arguments, op_name
@@ -36,8 +36,10 @@ def build_channel_graph(module: torch.nn.Module, example_input: torch.Tensor) ->
     tensor_names = {**signature.inputs_to_parameters, **signature.inputs_to_buffers}
     table = SpaceTable()
     ctx = TraceContext(table)
+    size_uses: list[SizeUse] = []
     for node in program.graph.nodes:
         ctx.values[node] = _visit(ctx, node, tensor_names)
+        size_uses.extend(_size_uses(ctx, node))
     tensor_layouts = {
         ctx.tensor_of_placeholder[node]: ctx.values[node]
         for node in ctx.tensor_of_placeholder
@@ -46,7 +48,7 @@ def build_channel_graph(module: torch.nn.Module, example_input: torch.Tensor) ->
     groups = build_groups(
         table, tensor_layouts, parameters=set(signature.inputs_to_parameters.values()), producers=ctx.producers
     )
-    return ChannelGraph(table=table, groups=groups)
+    return ChannelGraph(table=table, groups=groups, size_uses=size_uses)
 
 
 def _visit(ctx: TraceContext, node: torch.fx.Node, tensor_names: dict[str, str]):
@@ -70,6 +72,26 @@ def _visit(ctx: TraceContext, node: torch.fx.Node, tensor_names: dict[str, str])
     if handler is None:
         return ctx.unsupported(node)
     return handler(ctx, node, bind_arguments(node))
+
+
+_SIZED_BY_CODE = {
+    "aten::view", "aten::reshape", "aten::_unsafe_view", "aten::unflatten", "aten::expand", "aten::repeat",
+    "aten::split", "aten::split_with_sizes", "aten::narrow", "aten::slice",
+}  # fmt: skip
+
+
+def _size_uses(ctx: TraceContext, node: torch.fx.Node) -> list[SizeUse]:
+    """Sizes the model's code passes to shape ops (see SizeUse), with the layouts they size."""
+    if node.op != "call_function" or op_name(node) not in _SIZED_BY_CODE:
+        return []
+    stack = node.meta.get("nn_module_stack") or {}
+    module = list(stack.values())[-1][0] if stack else ""
+    value = ctx.values.get(node)
+    outputs = value if value and isinstance(value[0], list) else [value or []]
+    layouts = [layout for output in outputs if output for layout in output]
+    source = ctx.layouts(node.args[0]) if node.args else None
+    layouts += source or []
+    return [SizeUse(module, ctx.table.size(layout), layout) for layout in layouts if ctx.table.size(layout) > 1]
 
 
 def _placeholder(ctx: TraceContext, node: torch.fx.Node, tensor_names: dict[str, str]):

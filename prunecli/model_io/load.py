@@ -78,15 +78,16 @@ def _load_state_dict(path: Path, *, spec: ModelSpec, base_dir: Path) -> LoadedMo
     arch = resolve_arch(arch, base_dir=base_dir)
     module = build_module(arch, kwargs, base_dir=base_dir)
     keep = plan.keep if plan is not None else {}
-    if keep:
+    attributes = plan.attributes if plan is not None else {}
+    if keep or attributes:
         from prunecli.surgery import apply_keep
 
-        apply_keep(module, keep)
+        apply_keep(module, keep, attributes=attributes)
     _load_weights(module, state, path=path, arch=arch)
     shape = _required_shape(spec.input_shape or (plan.input_shape if plan else None), "state_dict")
     return LoadedModel(
         format="state_dict", source=path, module=module.eval(), onnx_path=None, arch=arch, arch_kwargs=dict(kwargs),
-        input_shape=shape, keep=keep,
+        input_shape=shape, keep=keep, attributes=attributes,
     )
 
 

@@ -21,7 +21,8 @@ class LoadedModel:
     ``onnx_path`` and no module. For a state_dict, ``arch`` is the callable that built the
     module with any file path made absolute, so that a saved ``plan.json`` replays from
     anywhere. ``keep`` is the channel plan already applied at load time (from a sibling
-    ``<stem>.plan.json``): tensor name -> dim -> kept indices, relative to the unpruned arch.
+    ``<stem>.plan.json``): tensor name -> dim -> kept indices, relative to the unpruned arch;
+    ``attributes`` the module attribute values that plan set.
 
     Example: ``digits_cnn.pt`` + ``model.arch: archs.py:DigitsCNN`` loads as::
 
@@ -38,3 +39,4 @@ class LoadedModel:
     arch_kwargs: dict
     input_shape: tuple[int, ...]
     keep: dict[str, dict[int, list[int]]] = field(default_factory=dict)
+    attributes: dict[str, dict[str, int]] = field(default_factory=dict)

@@ -4,16 +4,18 @@ Saved beside ``model.pt``; on load the arch is built, the kept channels are slic
 (``prunecli.surgery.apply_keep``) and only then the weights are loaded::
 
     {"version": 1, "arch": "/proj/archs.py:DigitsCNN", "kwargs": {}, "input_shape": [1, 1, 8, 8],
-     "keep": {"conv1.weight": {"0": [0, 2, 5]}, "conv1.bias": {"0": [0, 2, 5]}, ...}}
+     "keep": {"conv1.weight": {"0": [0, 2, 5]}, "conv1.bias": {"0": [0, 2, 5]}, ...},
+     "attributes": {"blocks.0.attn": {"num_heads": 2}}}
 
-``keep`` maps a tensor name to dim -> kept indices, always relative to the unpruned arch.
+``keep`` maps a tensor name to dim -> kept indices, always relative to the unpruned arch;
+``attributes`` holds the new values of int attributes the model's code sizes tensors with.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +35,7 @@ class SavedPlan:
     kwargs: dict[str, Any]
     input_shape: tuple[int, ...] | None
     keep: Keep
+    attributes: dict[str, dict[str, int]] = field(default_factory=dict)
 
 
 def plan_path_for(model_path: Path) -> Path:
@@ -48,6 +51,7 @@ def plan_to_json(plan: SavedPlan) -> str:
         "kwargs": plan.kwargs,
         "input_shape": None if plan.input_shape is None else list(plan.input_shape),
         "keep": {name: {str(dim): list(indices) for dim, indices in dims.items()} for name, dims in plan.keep.items()},
+        "attributes": plan.attributes,
     }
     return json.dumps(document, indent=2) + "\n"
 
@@ -64,6 +68,8 @@ def read_plan(path: Path) -> SavedPlan:
             kwargs=dict(document.get("kwargs") or {}),
             input_shape=None if shape is None else tuple(int(size) for size in shape),
             keep=normalize_keep(document.get("keep") or {}),
+            attributes={str(path): {str(k): int(v) for k, v in values.items()}
+                        for path, values in (document.get("attributes") or {}).items()},  # fmt: skip
         )
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
         raise InputError(
@@ -87,3 +93,11 @@ def compose_keep(first: KeepMapping, then: KeepMapping) -> Keep:
             earlier = composed.setdefault(name, {}).get(int(dim))
             composed[name][int(dim)] = [int(i) if earlier is None else earlier[int(i)] for i in indices]
     return composed
+
+
+def merge_attributes(first: Mapping[str, Mapping[str, int]], then: Mapping[str, Mapping[str, int]]) -> dict[str, dict[str, int]]:
+    """Attribute values after applying ``first`` and then ``then`` (later values win)."""
+    merged = {path: dict(values) for path, values in first.items()}
+    for path, values in then.items():
+        merged.setdefault(path, {}).update(values)
+    return merged

@@ -21,7 +21,14 @@ from typing import TYPE_CHECKING
 from prunecli.errors import InternalError, UnsupportedModelError
 from prunecli.model_io.atomic import atomic_path, atomic_write_text
 from prunecli.model_io.loaded import LoadedModel
-from prunecli.model_io.plan_file import KeepMapping, SavedPlan, compose_keep, plan_path_for, plan_to_json
+from prunecli.model_io.plan_file import (
+    KeepMapping,
+    SavedPlan,
+    compose_keep,
+    merge_attributes,
+    plan_path_for,
+    plan_to_json,
+)
 
 if TYPE_CHECKING:
     import onnx
@@ -37,6 +44,7 @@ def save_model(
     out_dir: Path,
     example_input: torch.Tensor,
     keep: KeepMapping | None,
+    attributes: Mapping[str, Mapping[str, int]] | None = None,
 ) -> dict[str, Path]:
     """Write ``module`` (pruned from ``loaded``) into ``out_dir``; returns {"model", "onnx", ...} paths.
 
@@ -52,7 +60,7 @@ def save_model(
     onnx_path = out_dir / "model.onnx"
     export_onnx(module, example_input, onnx_path)  # first: the export most likely to refuse a model
     if loaded.format == "state_dict":
-        written = _save_state_dict(loaded, module, out_dir=out_dir, keep=keep or {})
+        written = _save_state_dict(loaded, module, out_dir=out_dir, keep=keep or {}, attributes=attributes or {})
     elif loaded.format == "pickle":
         written = {"model": out_dir / "model.pt"}
         with atomic_path(written["model"]) as temporary:
@@ -106,7 +114,12 @@ def export_onnx(module: torch.nn.Module, example_input: torch.Tensor, path: Path
 
 
 def _save_state_dict(
-    loaded: LoadedModel, module: torch.nn.Module, *, out_dir: Path, keep: KeepMapping
+    loaded: LoadedModel,
+    module: torch.nn.Module,
+    *,
+    out_dir: Path,
+    keep: KeepMapping,
+    attributes: Mapping[str, Mapping[str, int]],
 ) -> dict[str, Path]:
     import torch
 
@@ -118,6 +131,7 @@ def _save_state_dict(
         kwargs=loaded.arch_kwargs,
         input_shape=loaded.input_shape,
         keep=compose_keep(loaded.keep, keep),
+        attributes=merge_attributes(loaded.attributes, attributes),
     )
     atomic_write_text(plan_path, plan_to_json(plan))
     return {"model": model_path, "plan": plan_path}

@@ -97,7 +97,10 @@ def _write_model(state: RunState) -> dict[str, Path]:
 
         return save_onnx_model(onnx.load(str(state.loaded.onnx_path)), out_dir=out_dir)
     example = state.sample[:2].cpu()
-    written = save_model(state.loaded, state.module.cpu(), out_dir=out_dir, example_input=example, keep=state.keep)
+    written = save_model(
+        state.loaded, state.module.cpu(), out_dir=out_dir, example_input=example, keep=state.keep,
+        attributes=state.attributes,
+    )  # fmt: skip
     state.module.to(state.device)
     return written
 

@@ -41,5 +41,6 @@ class RunState:
     scores: dict[int, np.ndarray] | None = None
     plan: PrunePlan | None = None
     keep: dict[str, dict[int, Any]] = field(default_factory=dict)
+    attributes: dict[str, dict[str, int]] = field(default_factory=dict)
     verification: Verification | None = None
     stages: dict[str, dict[str, Any]] = field(default_factory=dict)

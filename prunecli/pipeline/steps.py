@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable
 
 from prunecli.config.schema import EvaluateStep, FinetuneStep, PruneStep, ScoreStep, SelectStep
@@ -13,8 +12,7 @@ from prunecli.graph.trace import build_channel_graph
 from prunecli.pipeline.measure import measure_stage
 from prunecli.pipeline.state import RunState
 from prunecli.selection import select_channels
-from prunecli.surgery import apply_keep
-from prunecli.surgery.verify import verify_surgery
+from prunecli.surgery.prune import prune_module
 
 Handler = Callable[[RunState, object], None]
 HANDLERS: dict[type, Handler] = {}
@@ -54,18 +52,15 @@ def select(state: RunState, step: SelectStep) -> None:
 @handles(PruneStep)
 def prune(state: RunState, step: PruneStep) -> None:
     """Remove the selected channels, verify pruned == masked original, then measure."""
-    keep = state.graph.keep_indices(state.plan.removed)
-    pruned = copy.deepcopy(state.module)
-    apply_keep(pruned, keep)
-    state.verification = verify_surgery(
-        original=state.module, pruned=pruned, keep=keep, inputs=state.sample, tolerance=step.tolerance
-    )
+    outcome = prune_module(state.module, state.graph, state.plan.removed, inputs=state.sample, tolerance=step.tolerance)
+    state.plan.leave_intact(outcome.left_intact)
+    state.verification = outcome.verification
     if not state.verification.passed:
         raise VerificationError(
             f"pruned outputs differ from the masked original by {state.verification.max_abs_diff:.3g} "
             f"(tolerance {step.tolerance:g}); this is a prunecli bug: please report it with --debug output"
         )
-    state.module, state.keep = pruned, keep
+    state.module, state.keep, state.attributes = outcome.module, outcome.keep, outcome.attributes
     measure_stage(state, "pruned")
 
 

@@ -20,6 +20,12 @@ class PrunePlan:
     removed: dict[int, np.ndarray]
     skipped: dict[int, str] = field(default_factory=dict)
 
+    def leave_intact(self, reasons: Mapping[int, str]) -> None:
+        """Take groups out of the plan, recording why they stay whole."""
+        for group_id, reason in reasons.items():
+            self.removed.pop(group_id, None)
+            self.skipped[group_id] = reason
+
     def kept(self, group: PruningGroup) -> int:
         """How many channels of ``group`` survive."""
         return group.channels - len(self.removed.get(group.id, ()))

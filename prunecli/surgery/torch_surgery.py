@@ -11,13 +11,16 @@ from torch import nn
 from prunecli.surgery.attributes import fix_attributes
 
 Keep = Mapping[str, Mapping[int, Sequence[int]]]
+Attributes = Mapping[str, Mapping[str, int]]
 
 
-def apply_keep(module: nn.Module, keep: Keep) -> None:
+def apply_keep(module: nn.Module, keep: Keep, *, attributes: Attributes | None = None) -> None:
     """Keep only ``keep[tensor][dim]`` positions of each named parameter/buffer, in place.
 
     ``keep`` comes from ``ChannelGraph.keep_indices`` (or a saved plan): tensor names are
-    state_dict keys. Modules whose tensors changed get their shape attributes updated.
+    state_dict keys. Modules whose tensors changed get their shape attributes updated;
+    ``attributes`` (module path -> attribute -> int, from ``ChannelGraph.attribute_updates``)
+    sets the sizes that the model's own code uses, such as ``num_heads``.
     """
     owners = set()
     for name, dims in keep.items():
@@ -31,6 +34,10 @@ def apply_keep(module: nn.Module, keep: Keep) -> None:
         owners.add(owner_name)
     for owner_name in owners:
         fix_attributes(module.get_submodule(owner_name))
+    for path, values in (attributes or {}).items():
+        owner = module.get_submodule(path)
+        for name, value in values.items():
+            setattr(owner, name, int(value))
 
 
 def zero_removed(module: nn.Module, keep: Keep) -> None:

@@ -1,0 +1,117 @@
+"""How much of a model structural pruning can reach: parameters and MACs inside prunable groups.
+
+Definitions (MACs on one sample):
+
+- a parameter tensor is *prunable* when at least one of its dimensions is a member of a
+  prunable group; ``unprunable_params_share`` = numel of the parameters with no prunable
+  dimension / numel of all parameters;
+- MACs are torch's ``FlopCounterMode`` flops / 2, broken down by module. The MACs of a leaf
+  module that owns a ``weight`` (conv, linear, ...) are prunable when a dimension of that weight
+  is a member of a prunable group. Every other MAC counts as unprunable: leaves whose weight is
+  fixed, and ops outside weighted leaf modules (the ``q @ k`` matmul of attention, a functional
+  conv on a parent's parameter), so ``unprunable_macs_share`` is an upper bound. It is None when
+  no weighted leaf module computes any MAC although the model does: a flat graph such as a
+  loaded ``.pt2`` never calls its submodules, so its MACs cannot be attributed this way.
+
+Example: in ``sample_models/archs.py:DigitsCNN`` the ``fc`` group (10 output rows) reaches the
+model output, so ``fc.bias`` (10 values) is the only parameter with no prunable dimension;
+``fc.weight`` is prunable along dim 1 through the ``hidden_fc`` group, so every conv and linear
+leaf counts as prunable and ``unprunable_macs_share`` is 0.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from prunecli.errors import InputError
+from prunecli.graph.channel_graph import ChannelGraph, PruningGroup
+from prunecli.graph.trace import build_channel_graph
+from prunecli.model_io import load_model
+
+if TYPE_CHECKING:
+    from prunecli.config.schema import ModelSpec
+
+GRAPH_BATCH_SIZE = 2  # a batch of 2 keeps the batch dimension apart from channel dimensions of size 1
+
+
+def inspect_model(spec: ModelSpec, *, base_dir: Path, trust_pickle: bool, seed: int = 0) -> dict[str, Any]:
+    """Load the model ``spec`` names, build its channel graph on a seeded random batch and summarize it."""
+    loaded = load_model(spec, base_dir=base_dir, trust_pickle=trust_pickle)
+    if loaded.module is None:
+        raise InputError(
+            f"{loaded.source.name} is ONNX: inspect needs a PyTorch model for now; native ONNX graphs come later; "
+            "inspect the PyTorch model it was exported from"
+        )
+    generator = torch.Generator().manual_seed(seed)
+    example_input = torch.randn((GRAPH_BATCH_SIZE, *loaded.input_shape[1:]), generator=generator)
+    graph = build_channel_graph(loaded.module, example_input)
+    return prunability(graph, loaded.module, example_input)
+
+
+def prunability(graph: ChannelGraph, module: torch.nn.Module, example_input: torch.Tensor) -> dict[str, Any]:
+    """Params, MACs (one sample), the shares pruning cannot reach (see the module docstring), every group.
+
+    Returns ``{"params", "macs", "unprunable_params_share", "unprunable_macs_share", "groups",
+    "unprunable_reasons"}``; each group is ``{"name", "channels", "prunable", "reason", "members"}``
+    with members as ``"tensor:dim"``, and ``unprunable_reasons`` counts unprunable groups by reason.
+    """
+    prunable_tensors = {member.tensor for group in graph.prunable_groups for member in group.members}
+    parameters = dict(module.named_parameters())
+    params = sum(parameter.numel() for parameter in parameters.values())
+    unprunable_params = sum(p.numel() for name, p in parameters.items() if name not in prunable_tensors)
+    macs, leaf_macs = _macs_by_weighted_leaf(module, example_input)
+    return {
+        "params": params,
+        "macs": macs,
+        "unprunable_params_share": _share(unprunable_params, params),
+        "unprunable_macs_share": _unprunable_macs_share(macs, leaf_macs, prunable_tensors=prunable_tensors),
+        "groups": [_group_row(group) for group in graph.groups],
+        "unprunable_reasons": dict(Counter(group.reason for group in graph.groups if not group.prunable)),
+    }
+
+
+def _macs_by_weighted_leaf(module: torch.nn.Module, example_input: torch.Tensor) -> tuple[int, dict[str, int]]:
+    """Total MACs on the first sample, and the MACs of each leaf module owning a ``weight`` by its name."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    was_training = module.training
+    module.eval()
+    try:
+        with torch.no_grad(), counter:
+            module(example_input[:1])
+    finally:
+        module.train(was_training)
+    counts = counter.get_flop_counts()  # keys: "Global", then "<RootClass>.<module name>"
+    root = type(module).__name__
+    leaf_macs = {
+        name: sum(counts.get(f"{root}.{name}", {}).values()) // 2
+        for name, child in module.named_modules()
+        if name and next(child.children(), None) is None and isinstance(getattr(child, "weight", None), torch.Tensor)
+    }
+    return counter.get_total_flops() // 2, leaf_macs
+
+
+def _unprunable_macs_share(macs: int, leaf_macs: dict[str, int], *, prunable_tensors: set[str]) -> float | None:
+    if macs and not any(leaf_macs.values()):
+        return None  # a flat graph: no module breakdown to attribute MACs with
+    prunable_macs = sum(count for name, count in leaf_macs.items() if f"{name}.weight" in prunable_tensors)
+    return _share(macs - prunable_macs, macs)
+
+
+def _group_row(group: PruningGroup) -> dict[str, Any]:
+    return {
+        "name": group.name,
+        "channels": group.channels,
+        "prunable": group.prunable,
+        "reason": group.reason,
+        "members": [f"{member.tensor}:{member.dim}" for member in group.members],
+    }
+
+
+def _share(part: int, total: int) -> float:
+    return part / total if total else 0.0
