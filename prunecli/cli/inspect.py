@@ -29,13 +29,16 @@ def inspect(
     arch: Annotated[
         str | None,
         typer.Option(
-            "--arch", help="'package.module:Callable' or 'file.py:Callable' building the module a state_dict loads into.",
+            "--arch",
+            help="'package.module:Callable' or 'file.py:Callable' building the module a state_dict loads into.",
             show_default=False,
         ),
     ] = None,
     arch_kwargs: Annotated[
         str | None,
-        typer.Option("--kwargs", metavar="JSON", help="Keyword arguments for --arch, a JSON object.", show_default=False),
+        typer.Option(
+            "--kwargs", metavar="JSON", help="Keyword arguments for --arch, a JSON object.", show_default=False
+        ),
     ] = None,
     input_shape: Annotated[
         str | None,
@@ -105,7 +108,9 @@ def _shape(text: str | None) -> list[int] | None:
     try:
         return [int(size) for size in text.split(",")]
     except ValueError:
-        raise InputError(f"--input-shape must be integers separated by commas, e.g. 1,3,224,224; got '{text}'") from None
+        raise InputError(
+            f"--input-shape must be integers separated by commas, e.g. 1,3,224,224; got '{text}'"
+        ) from None
 
 
 def _show(summary: dict[str, Any]) -> None:
@@ -118,7 +123,8 @@ def _show(summary: dict[str, Any]) -> None:
     table.add_column("prunable")
     table.add_column("reason")
     for group in summary["groups"]:
-        table.add_row(group["name"], str(group["channels"]), "yes" if group["prunable"] else "no", group["reason"] or "")
+        prunable = "yes" if group["prunable"] else "no"
+        table.add_row(group["name"], str(group["channels"]), prunable, group["reason"] or "")
     Console().print(table)
     typer.echo(f"params: {summary['params']:,} ({summary['unprunable_params_share']:.2%} unprunable)")
     share = summary["unprunable_macs_share"]
