@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -126,15 +127,16 @@ class ChannelGraph:
             new = self._kept_positions(use.layout, masks)
             if new != use.size:
                 new_sizes[(use.module, use.size)].add(new)
-        updates: dict[str, dict[str, int]] = defaultdict(dict)
+        updates: dict[str, dict[str, Any]] = defaultdict(dict)
         for (path, old), candidates in new_sizes.items():
             if len(candidates) != 1:
                 continue
             owner = module.get_submodule(path)
             for name, value in vars(owner).items():
-                if type(value) is int and value == old and not name.startswith("_"):
-                    updates[path][name] = next(iter(candidates))
-        return dict(updates)
+                resized = _resized(updates[path].get(name, value), old=old, new=next(iter(candidates)))
+                if resized is not None and not name.startswith("_"):
+                    updates[path][name] = resized
+        return {path: values for path, values in updates.items() if values}
 
     def _removed_mask(self, group_id: int, indices: Sequence[int]) -> np.ndarray:
         mask = np.zeros(self.group(group_id).channels, dtype=bool)
@@ -148,6 +150,15 @@ class ChannelGraph:
             if root in masks:
                 kept &= ~((positions >= 0) & masks[root][np.maximum(positions, 0)])
         return int(kept.sum())
+
+
+def _resized(value: Any, *, old: int, new: int) -> Any:
+    """``value`` with ``old`` replaced by ``new``: an int, or a shape tuple/list of ints; None if no match."""
+    if type(value) is int:
+        return new if value == old else None
+    if isinstance(value, (tuple, list)) and value and all(type(item) is int for item in value) and old in value:
+        return type(value)(new if item == old else item for item in value)
+    return None
 
 
 def build_groups(

@@ -35,7 +35,7 @@ class SavedPlan:
     kwargs: dict[str, Any]
     input_shape: tuple[int, ...] | None
     keep: Keep
-    attributes: dict[str, dict[str, int]] = field(default_factory=dict)
+    attributes: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 def plan_path_for(model_path: Path) -> Path:
@@ -68,13 +68,18 @@ def read_plan(path: Path) -> SavedPlan:
             kwargs=dict(document.get("kwargs") or {}),
             input_shape=None if shape is None else tuple(int(size) for size in shape),
             keep=normalize_keep(document.get("keep") or {}),
-            attributes={str(path): {str(k): int(v) for k, v in values.items()}
+            attributes={str(path): {str(k): _size(v) for k, v in values.items()}
                         for path, values in (document.get("attributes") or {}).items()},  # fmt: skip
         )
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
         raise InputError(
             f"cannot read plan file {path}: {exc!r}; restore it or delete it to load the weights alone"
         ) from exc
+
+
+def _size(value: Any) -> int | list[int]:
+    """An attribute value from JSON: an int, or a shape as a list of ints."""
+    return [int(item) for item in value] if isinstance(value, list) else int(value)
 
 
 def normalize_keep(keep: Mapping[str, Mapping[Any, Sequence[int]]]) -> Keep:
@@ -95,7 +100,9 @@ def compose_keep(first: KeepMapping, then: KeepMapping) -> Keep:
     return composed
 
 
-def merge_attributes(first: Mapping[str, Mapping[str, int]], then: Mapping[str, Mapping[str, int]]) -> dict[str, dict[str, int]]:
+def merge_attributes(
+    first: Mapping[str, Mapping[str, Any]], then: Mapping[str, Mapping[str, Any]]
+) -> dict[str, dict[str, Any]]:
     """Attribute values after applying ``first`` and then ``then`` (later values win)."""
     merged = {path: dict(values) for path, values in first.items()}
     for path, values in then.items():

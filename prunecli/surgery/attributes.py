@@ -66,3 +66,15 @@ def _norm(module: nn.modules.batchnorm._NormBase) -> None:
 @fixer(nn.Embedding)
 def _embedding(module: nn.Embedding) -> None:
     module.num_embeddings, module.embedding_dim = module.weight.shape
+
+
+@fixer(nn.LayerNorm, nn.RMSNorm)
+def _layer_norm(module: nn.LayerNorm | nn.RMSNorm) -> None:
+    if module.weight is not None and len(module.normalized_shape) == 1:
+        module.normalized_shape = tuple(module.weight.shape)
+
+
+@fixer(nn.GroupNorm)
+def _group_norm(module: nn.GroupNorm) -> None:
+    if module.weight is not None:
+        module.num_channels = module.weight.shape[0]

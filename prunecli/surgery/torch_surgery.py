@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
+from typing import Any
+
 import numpy as np
 import torch
 from torch import nn
@@ -11,7 +13,7 @@ from torch import nn
 from prunecli.surgery.attributes import fix_attributes
 
 Keep = Mapping[str, Mapping[int, Sequence[int]]]
-Attributes = Mapping[str, Mapping[str, int]]
+Attributes = Mapping[str, Mapping[str, Any]]
 
 
 def apply_keep(module: nn.Module, keep: Keep, *, attributes: Attributes | None = None) -> None:
@@ -37,7 +39,7 @@ def apply_keep(module: nn.Module, keep: Keep, *, attributes: Attributes | None =
     for path, values in (attributes or {}).items():
         owner = module.get_submodule(path)
         for name, value in values.items():
-            setattr(owner, name, int(value))
+            setattr(owner, name, value)
 
 
 def zero_removed(module: nn.Module, keep: Keep) -> None:

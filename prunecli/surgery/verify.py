@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from prunecli.model_io.outputs import output_tensors
+from prunecli.surgery.norms import KeptChannelNorms
 from prunecli.surgery.torch_surgery import Keep, zero_removed
 
 
@@ -31,6 +32,16 @@ def masked_copy(module: nn.Module, keep: Keep) -> nn.Module:
     return masked
 
 
+def _kept_first_dims(module: nn.Module, keep: Keep) -> dict[int, torch.Tensor]:
+    """Kept indices along dim 0 of each pruned tensor, keyed by the tensor's identity."""
+    tensors = {**dict(module.named_parameters()), **dict(module.named_buffers())}
+    return {
+        id(tensors[name]): torch.as_tensor(list(dims[0]), dtype=torch.long)
+        for name, dims in keep.items()
+        if 0 in dims and name in tensors
+    }
+
+
 def verify_surgery(
     *, original: nn.Module, pruned: nn.Module, keep: Keep, inputs: torch.Tensor, tolerance: float
 ) -> Verification:
@@ -39,7 +50,9 @@ def verify_surgery(
     was_training = pruned.training
     pruned.eval()
     with torch.inference_mode():
-        expected, actual = output_tensors(masked(inputs)), output_tensors(pruned(inputs))
+        with KeptChannelNorms(_kept_first_dims(masked, keep)):
+            expected = output_tensors(masked(inputs))
+        actual = output_tensors(pruned(inputs))
     pruned.train(was_training)
     if len(expected) != len(actual) or any(e.shape != a.shape for e, a in zip(expected, actual)):
         return Verification(float("inf"), tolerance, False)

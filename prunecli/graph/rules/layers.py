@@ -90,16 +90,42 @@ def batch_norm(ctx: TraceContext, node: torch.fx.Node, args: dict[str, Any]) -> 
     return list(x)
 
 
-@rule("aten::layer_norm", "aten::group_norm", "aten::rms_norm")
-def normalization_over_channels(ctx: TraceContext, node: torch.fx.Node, args: dict[str, Any]) -> Any:
-    """Norms whose statistics span channels: removing channels changes them, so they stay fixed for now."""
+@rule("aten::layer_norm", "aten::rms_norm")
+def layer_norm(ctx: TraceContext, node: torch.fx.Node, args: dict[str, Any]) -> Any:
+    """LayerNorm/RMSNorm over the last dimension: its weight and bias share that dimension's channels.
+
+    Removing channels changes the statistics; verification accounts for it by normalising the
+    masked original over the kept channels only (see ``surgery.verify``). Without a weight the
+    norm cannot be told apart in the masked model, and several normalised dimensions are not
+    supported: those dimensions stay fixed.
+    """
     x = ctx.layouts(args["input"])
-    normalized = x[1:] if node.target._schema.name == "aten::group_norm" else x[-len(args["normalized_shape"]) :]
-    for layout in normalized:
-        ctx.table.mark_fixed(layout, f"normalised together by {node.target._schema.name}")
-    for name in ("weight", "bias"):
-        for layout in ctx.layouts(args.get(name)) or []:
-            ctx.table.mark_fixed(layout, f"parameter of {node.target._schema.name}")
+    normalized = x[-len(args["normalized_shape"]) :]
+    weight = ctx.layouts(args.get("weight"))
+    if weight is None or len(normalized) != 1:
+        for layout in normalized:
+            ctx.table.mark_fixed(layout, f"normalised together by {node.target._schema.name}")
+        ctx.fix_inputs(node, f"normalised together by {node.target._schema.name}")
+        return list(x)
+    ctx.table.unify(weight[0], normalized[0])
+    _tie_optional(ctx, args.get("bias"), normalized[0])
+    return list(x)
+
+
+@rule("aten::group_norm")
+def group_norm(ctx: TraceContext, node: torch.fx.Node, args: dict[str, Any]) -> Any:
+    """GroupNorm: channels split into (groups, channels per group); the group count stays fixed."""
+    x = ctx.layouts(args["input"])
+    weight = ctx.layouts(args.get("weight"))
+    if weight is None:
+        ctx.fix_inputs(node, "normalised together by aten::group_norm without weight")
+        return list(x)
+    groups = int(args["num_groups"])
+    channels = ctx.table.size(x[1])
+    group_factor, _ = ctx.table.split(x[1], [groups, channels // groups], as_product=True)
+    ctx.table.mark_fixed(group_factor, "group count of a GroupNorm")
+    ctx.table.unify(weight[0], x[1])
+    _tie_optional(ctx, args.get("bias"), x[1])
     return list(x)
 
 
@@ -183,12 +209,15 @@ def attention(ctx: TraceContext, node: torch.fx.Node, args: dict[str, Any]) -> A
     """softmax(q kᵀ · scale) v: q and k share their last dimension, k and v their sequence."""
     q, k, v = (ctx.layouts(args[name]) for name in ("query", "key", "value"))
     shapes = [ctx.shape(args[name]) for name in ("query", "key", "value")]
-    if args.get("attn_mask") is not None:
-        ctx.fix_inputs(node, "attention with a mask")
     ctx.table.unify(q[-1], k[-1])
     if args.get("scale") is None:
         ctx.table.mark_fixed(q[-1], "attention scale depends on the head size")
     ctx.table.unify(k[-2], v[-2])
     batch = _broadcast_batch(ctx, q[:-2], shapes[0][:-2], k[:-2], shapes[1][:-2])
     batch = _broadcast_batch(ctx, batch, shapes[0][:-2], v[:-2], shapes[2][:-2])
+    mask = ctx.layouts(args.get("attn_mask"))
+    if mask is not None:
+        logits = batch + [q[-2], k[-2]]
+        logits_shape = [ctx.table.size(layout) for layout in logits]
+        _broadcast_batch(ctx, logits, tuple(logits_shape), mask, ctx.shape(args["attn_mask"]))
     return batch + [q[-2], v[-1]]

@@ -149,3 +149,40 @@ def getitem(ctx: TraceContext, node: torch.fx.Node, args: dict[str, Any]) -> Any
     value = ctx.values.get(container)
     return value[index] if isinstance(value, list) and index < len(value) else None
 
+
+
+@rule("aten::roll")
+def roll(ctx: TraceContext, node: torch.fx.Node, args: dict[str, Any]) -> Any:
+    """Rolled dimensions move positions around: they are fixed; the others pass through."""
+    layouts = list(ctx.layouts(args["self"]))
+    dims = args.get("dims") or list(range(len(layouts)))
+    for dim in dims:
+        ctx.table.mark_fixed(layouts[_dim(dim, len(layouts))], "rolled")
+    return layouts
+
+
+@rule("aten::index")
+def index(ctx: TraceContext, node: torch.fx.Node, args: dict[str, Any]) -> Any:
+    """Advanced indexing by tensors on consecutive dimensions: those are fixed, the rest pass through."""
+    layouts = ctx.layouts(args["self"])
+    indexed = [i for i, index_tensor in enumerate(args["indices"]) if index_tensor is not None]
+    if not indexed or indexed != list(range(indexed[0], indexed[-1] + 1)):
+        return ctx.unsupported(node)
+    for dim in indexed:
+        ctx.table.mark_fixed(layouts[dim], "indexed by a tensor")
+    out_shape = ctx.shape(node)
+    before, after = layouts[: indexed[0]], layouts[indexed[-1] + 1 :]
+    middle = out_shape[len(before) : len(out_shape) - len(after)]
+    return list(before) + ctx.fresh(middle, "indexed by a tensor") + list(after)
+
+
+@rule("aten::pad", "aten::constant_pad_nd", "aten::reflection_pad2d", "aten::replication_pad2d")
+def pad(ctx: TraceContext, node: torch.fx.Node, args: dict[str, Any]) -> Any:
+    """Padding: padded dimensions become new fixed spaces; the others pass through."""
+    layouts = list(ctx.layouts(args["self"]))
+    before, after = ctx.shape(args["self"]), ctx.shape(node)
+    for dim, (old, new) in enumerate(zip(before, after)):
+        if old != new:
+            ctx.table.mark_fixed(layouts[dim], "padded")
+            layouts[dim] = ctx.table.new(new, fixed="padded")
+    return layouts
