@@ -112,3 +112,93 @@ TEST_MODELS = {
     "depthwise": (DepthwiseNet, (2, 4, 6, 6)),
     "mlp": (MLP, (4, 10)),
 }
+
+
+class TinyViT(nn.Module):
+    """A ViT-style model: patch embedding, class token, position embedding, pre-norm blocks with
+    multi-head attention (scaled_dot_product_attention, ``num_heads``/``head_dim`` attributes) and MLP."""
+
+    def __init__(self, dim: int = 32, heads: int = 4, depth: int = 2, classes: int = 3) -> None:
+        super().__init__()
+        self.patch = nn.Conv2d(3, dim, 4, stride=4)
+        self.cls_token = nn.Parameter(torch.randn(1, 1, dim) * 0.02)
+        self.pos_embed = nn.Parameter(torch.randn(1, 5, dim) * 0.02)
+        self.blocks = nn.ModuleList(TinyBlock(dim, heads) for _ in range(depth))
+        self.norm = nn.LayerNorm(dim)
+        self.head = nn.Linear(dim, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.patch(x).flatten(2).transpose(1, 2)  # (B, 4, dim)
+        x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], 1) + self.pos_embed
+        for block in self.blocks:
+            x = block(x)
+        return self.head(self.norm(x)[:, 0])
+
+
+class TinyAttention(nn.Module):
+    def __init__(self, dim: int, heads: int) -> None:
+        super().__init__()
+        self.num_heads, self.head_dim = heads, dim // heads
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        batch, tokens, _ = x.shape
+        qkv = self.qkv(x).reshape(batch, tokens, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)
+        x = F.scaled_dot_product_attention(q, k, v)  # (B, heads, tokens, head_dim)
+        return self.proj(x.transpose(1, 2).reshape(batch, tokens, self.num_heads * self.head_dim))
+
+
+class TinyBlock(nn.Module):
+    def __init__(self, dim: int, heads: int) -> None:
+        super().__init__()
+        self.norm1, self.attn = nn.LayerNorm(dim), TinyAttention(dim, heads)
+        self.norm2, self.fc1, self.fc2 = nn.LayerNorm(dim), nn.Linear(dim, 2 * dim), nn.Linear(2 * dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x))
+        return x + self.fc2(F.gelu(self.fc1(self.norm2(x))))
+
+
+class NormsNet(nn.Module):
+    """GroupNorm (channels first), LayerNorm over channels-last, InstanceNorm; returns a dict."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 8, 3, padding=1)
+        self.gn = nn.GroupNorm(2, 8)
+        self.conv2 = nn.Conv2d(8, 12, 3, padding=1)
+        self.ln = nn.LayerNorm(12)
+        self.conv3 = nn.Conv2d(12, 6, 1)
+        self.inorm = nn.InstanceNorm2d(6, affine=True)
+        self.fc = nn.Linear(6, 4)
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        x = F.relu(self.gn(self.conv1(x)))
+        x = self.ln(self.conv2(x).permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+        x = F.relu(self.inorm(self.conv3(x)))
+        return {"logits": self.fc(x.mean((2, 3))), "features": x}
+
+
+class MHANet(nn.Module):
+    """torch's own nn.MultiheadAttention between two linears; returns a tuple."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Linear(6, 16)
+        self.mha = nn.MultiheadAttention(16, 4, batch_first=True)
+        self.fc1 = nn.Linear(16, 24)
+        self.fc2 = nn.Linear(24, 2)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = self.embed(x)
+        attended, weights = self.mha(x, x, x)
+        return self.fc2(F.relu(self.fc1(attended))).mean(1), weights
+
+
+TEST_MODELS.update({
+    "vit": (TinyViT, (2, 3, 8, 8)),
+    "norms": (NormsNet, (2, 3, 6, 6)),
+    "mha": (MHANet, (2, 5, 6)),
+})  # fmt: skip

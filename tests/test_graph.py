@@ -12,7 +12,9 @@ from prunecli.config.schema import SelectStep
 from prunecli.criteria.registry import get_criterion
 from prunecli.graph.trace import build_channel_graph
 from prunecli.selection import select_channels
+from prunecli.model_io.outputs import output_tensors
 from prunecli.surgery import apply_keep
+from prunecli.surgery.prune import prune_module
 from prunecli.surgery.verify import verify_surgery
 from tests.models import TEST_MODELS, UnsupportedOpNet, randomize_batchnorm
 
@@ -38,10 +40,10 @@ def test_pruned_equals_masked_original(name: str, seed: int) -> None:
     model, inputs, graph = _build(name)
     rng = np.random.default_rng(seed)
     removed = {g.id: rng.choice(g.channels, g.channels // 2, replace=False) for g in graph.prunable_groups}
-    pruned, keep = _prune(model, graph, removed)
-    result = verify_surgery(original=model, pruned=pruned, keep=keep, inputs=inputs, tolerance=1e-5)
-    assert result.passed, result
-    assert sum(p.numel() for p in pruned.parameters()) < sum(p.numel() for p in model.parameters())
+    outcome = prune_module(model, graph, removed, inputs=inputs, tolerance=1e-5)
+    assert outcome.verification.passed, outcome.verification
+    assert outcome.left_intact == {}
+    assert sum(p.numel() for p in outcome.module.parameters()) < sum(p.numel() for p in model.parameters())
 
 
 @pytest.mark.parametrize("name", sorted(TEST_MODELS))
@@ -52,7 +54,8 @@ def test_ratio_zero_changes_nothing(name: str) -> None:
     pruned, keep = _prune(model, graph, plan.removed)
     assert keep == {}
     with torch.inference_mode():
-        assert torch.equal(pruned(inputs), model(inputs))
+        for before, after in zip(output_tensors(model(inputs)), output_tensors(pruned(inputs)), strict=True):
+            assert torch.equal(before, after)
     for (name_a, a), (name_b, b) in zip(model.state_dict().items(), pruned.state_dict().items()):
         assert name_a == name_b and torch.equal(a, b)
 
@@ -145,3 +148,45 @@ def test_global_scope_removes_the_requested_share_of_channels() -> None:
     total = sum(g.channels for g in graph.prunable_groups)
     removed = sum(len(r) for r in plan.removed.values())
     assert abs(removed - total // 2) <= len(graph.prunable_groups)
+
+
+def test_attention_heads_are_pruned_and_num_heads_follows() -> None:
+    model, inputs, graph = _build("vit")
+    heads = [g for g in graph.prunable_groups if g.channels == 4 and any("qkv.weight" in m.tensor for m in g.members)]
+    assert len(heads) == 2  # one head group per block; head_dim stays (the attention scale depends on it)
+    outcome = prune_module(model, graph, {g.id: [0, 2] for g in heads}, inputs=inputs, tolerance=1e-5)
+    assert outcome.verification.passed
+    attention = outcome.module.blocks[0].attn
+    assert attention.num_heads == 2 and attention.head_dim == 8 and attention.qkv.out_features == 3 * 16
+
+
+def test_embedding_dimension_through_layernorm_tokens_and_position_embedding() -> None:
+    model, inputs, graph = _build("vit")
+    embed = next(g for g in graph.prunable_groups if any(m.tensor == "pos_embed" for m in g.members))
+    assert {"cls_token", "norm.weight", "blocks.1.norm2.weight", "head.weight"} <= {m.tensor for m in embed.members}
+    outcome = prune_module(model, graph, {embed.id: list(range(0, 32, 2))}, inputs=inputs, tolerance=1e-5)
+    assert outcome.verification.passed
+    assert outcome.module.norm.normalized_shape == (16,) and outcome.module.pos_embed.shape == (1, 5, 16)
+
+
+def test_pruned_vit_exports_to_onnx_and_runs_in_onnxruntime(tmp_path) -> None:
+    import onnxruntime as ort
+
+    from prunecli.model_io import export_onnx
+
+    model, inputs, graph = _build("vit")
+    removed = {g.id: np.arange(g.channels // 2) for g in graph.prunable_groups}
+    pruned = prune_module(model, graph, removed, inputs=inputs, tolerance=1e-5).module
+    export_onnx(pruned, inputs, tmp_path / "vit.onnx")
+    session = ort.InferenceSession(str(tmp_path / "vit.onnx"))
+    with torch.inference_mode():
+        expected = pruned(inputs).numpy()
+    np.testing.assert_allclose(session.run(None, {"input": inputs.numpy()})[0], expected, atol=1e-4)
+
+
+def test_multihead_attention_module_prunes_around_it_without_crashing() -> None:
+    model, inputs, graph = _build("mha")
+    removed = {g.id: np.arange(g.channels // 2) for g in graph.prunable_groups}
+    outcome = prune_module(model, graph, removed, inputs=inputs, tolerance=1e-5)
+    assert outcome.verification.passed
+    assert outcome.module.fc1.out_features == 12  # the MLP after the attention still prunes

@@ -22,6 +22,7 @@ leaf counts as prunable and ``unprunable_macs_share`` is 0.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Collection
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -52,14 +53,18 @@ def inspect_model(spec: ModelSpec, *, base_dir: Path, trust_pickle: bool, seed: 
     return prunability(graph, loaded.module, example_input)
 
 
-def prunability(graph: ChannelGraph, module: torch.nn.Module, example_input: torch.Tensor) -> dict[str, Any]:
+def prunability(
+    graph: ChannelGraph, module: torch.nn.Module, example_input: torch.Tensor, *, left_intact: Collection[int] = ()
+) -> dict[str, Any]:
     """Params, MACs (one sample), the shares pruning cannot reach (see the module docstring), every group.
 
     Returns ``{"params", "macs", "unprunable_params_share", "unprunable_macs_share", "groups",
     "unprunable_reasons"}``; each group is ``{"name", "channels", "prunable", "reason", "members"}``
     with members as ``"tensor:dim"``, and ``unprunable_reasons`` counts unprunable groups by reason.
+    Groups in ``left_intact`` (prunable, but kept whole by the run) count as unprunable.
     """
-    prunable_tensors = {member.tensor for group in graph.prunable_groups for member in group.members}
+    prunable_groups = [group for group in graph.prunable_groups if group.id not in left_intact]
+    prunable_tensors = {member.tensor for group in prunable_groups for member in group.members}
     parameters = dict(module.named_parameters())
     params = sum(parameter.numel() for parameter in parameters.values())
     unprunable_params = sum(p.numel() for name, p in parameters.items() if name not in prunable_tensors)

@@ -68,10 +68,26 @@ def _visit(ctx: TraceContext, node: torch.fx.Node, tensor_names: dict[str, str])
     name = "getitem" if node.target is operator.getitem else op_name(node)
     if not _has_tensor_output(node) and name != "getitem":
         return None
+    opaque = _opaque_module(node)
+    if opaque is not None:
+        return ctx.opaque(node, opaque)
     handler = RULES.get(name)
     if handler is None:
         return ctx.unsupported(node)
     return handler(ctx, node, bind_arguments(node))
+
+
+# Modules whose forward derives sizes from its input in ways the graph cannot follow:
+# nn.MultiheadAttention computes head_dim = embed_dim // num_heads from the query's width.
+OPAQUE_MODULES = ("torch.nn.modules.activation.MultiheadAttention",)
+
+
+def _opaque_module(node: torch.fx.Node) -> str | None:
+    for path, module_type in (node.meta.get("nn_module_stack") or {}).values():
+        type_name = module_type if isinstance(module_type, str) else f"{module_type.__module__}.{module_type.__qualname__}"
+        if type_name in OPAQUE_MODULES:
+            return type_name.rpartition(".")[2]
+    return None
 
 
 _SIZED_BY_CODE = {

@@ -16,6 +16,7 @@ from prunecli.config.schema import Pipeline
 from prunecli.data import load_data
 from prunecli.data.checks import check_against_model
 from prunecli.errors import InputError
+from prunecli.graph.summary import prunability
 from prunecli.model_io import load_model, save_model, save_onnx_model
 from prunecli.model_io.atomic import atomic_write_text
 from prunecli.pipeline.checks import check_before_work
@@ -113,10 +114,27 @@ def build_report(state: RunState, *, written: dict[str, Path]) -> dict[str, Any]
     report["verification"] = state.verification.to_dict() if state.verification else None
     report["gates"] = evaluate_gates(state.pipeline.gates, original=state.stages["original"], final=final)
     report["groups"] = _group_rows(state)
+    report["prunability"] = _prunability(state)
     report["model"] = {"path": str(state.loaded.source), "format": state.loaded.format}
     report["outputs"] = {key: str(path) for key, path in written.items()}
     report.update(seed=state.seed, device=state.device, prunecli_version=prunecli.__version__)
     return report
+
+
+def _prunability(state: RunState) -> dict[str, Any] | None:
+    """Shares of params and MACs that stayed out of reach, and why (None when nothing was traced)."""
+    if state.graph is None:
+        return None
+    left_intact = state.plan.skipped if state.plan else {}
+    summary = prunability(state.graph, state.original, state.sample, left_intact=left_intact)
+    reasons = dict(summary["unprunable_reasons"])
+    for reason in left_intact.values():
+        reasons[reason] = reasons.get(reason, 0) + 1
+    return {
+        "unprunable_params_share": summary["unprunable_params_share"],
+        "unprunable_macs_share": summary["unprunable_macs_share"],
+        "unprunable_reasons": reasons,
+    }
 
 
 def _group_rows(state: RunState) -> list[dict[str, Any]]:

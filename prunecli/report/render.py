@@ -75,9 +75,17 @@ def _facts_markdown(report: dict[str, Any]) -> str:
         f"- device: {report.get('device')}, seed: {report.get('seed')}",
         f"- prunecli version: {report.get('prunecli_version')}",
     ]
+    share = report.get("prunability") or {}
+    if share:
+        facts.append(f"- out of pruning's reach: {_percent(share.get('unprunable_params_share'))} of params, "
+                     f"{_percent(share.get('unprunable_macs_share'))} of MACs")  # fmt: skip
     for name, path in (report.get("outputs") or {}).items():
         facts.append(f"- output {name}: `{path}`")
     return "\n".join(facts)
+
+
+def _percent(share: float | None) -> str:
+    return "unknown" if share is None else f"{share * 100:.1f}%"
 
 
 def _markdown_table(header: Row, rows: list[Row]) -> str:

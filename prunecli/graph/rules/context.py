@@ -42,6 +42,10 @@ class TraceContext:
         value = self.values.get(node) if isinstance(node, torch.fx.Node) else None
         return value if isinstance(value, list) and (not value or not isinstance(value[0], list)) else None
 
+    def is_state(self, node: Any) -> bool:
+        """Whether ``node`` is a parameter or buffer of the model (not an activation)."""
+        return node in self.tensor_of_placeholder
+
     @staticmethod
     def shape(node: torch.fx.Node) -> tuple[int, ...]:
         """The static shape recorded for a node's tensor output."""
@@ -70,6 +74,12 @@ class TraceContext:
     def unsupported(self, node: torch.fx.Node) -> Value:
         """What an op without a rule does: fix its inputs, give its outputs fresh fixed atoms."""
         reason = f"used by {_op_name(node)}, which prunecli cannot prune through yet"
+        self.fix_inputs(node, reason)
+        return self.fresh_value(node, reason)
+
+    def opaque(self, node: torch.fx.Node, module_type: str) -> Value:
+        """An op inside a module prunecli treats as a black box: like an unsupported op."""
+        reason = f"inside {module_type}, which prunecli keeps whole"
         self.fix_inputs(node, reason)
         return self.fresh_value(node, reason)
 

@@ -187,6 +187,9 @@ def matmul(ctx: TraceContext, node: torch.fx.Node, args: dict[str, Any]) -> Any:
     if a is None or b is None or len(a) < 2 or len(b) < 2:
         return ctx.unsupported(node)
     ctx.table.unify(a[-1], b[-2])
+    if not ctx.is_state(args["self"]) and not ctx.is_state(args.get("mat2", args.get("other"))):
+        # q @ kᵀ: the head size sets the attention scale, a constant the graph cannot see
+        ctx.table.mark_fixed(a[-1], "contracted between two activations (an attention's head size)")
     batch = _broadcast_batch(ctx, a[:-2], a_shape[:-2], b[:-2], b_shape[:-2])
     return batch + [a[-2], b[-1]]
 
