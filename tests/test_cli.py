@@ -62,7 +62,7 @@ def test_version_and_help() -> None:
     assert invoke("--version").stdout == f"prunecli {__version__}\n"
     result = invoke("--help")
     assert result.exit_code == 0
-    assert all(command in result.stdout for command in ("run", "validate", "schema", "env"))
+    assert all(command in result.stdout for command in ("run", "validate", "inspect", "schema", "env"))
 
 
 def test_validate_ok_summarises_steps(pipeline_file: Path) -> None:

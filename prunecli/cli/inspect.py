@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from prunecli.cli.errors import error_boundary
-from prunecli.cli.options import DebugOption, JsonOption
+from prunecli.cli.options import DebugOption, JsonOption, TrustPickleOption
 from prunecli.errors import InputError
 
 if TYPE_CHECKING:
@@ -50,12 +50,7 @@ def inspect(
     model_format: Annotated[
         str, typer.Option("--format", help="auto, state_dict, pickle or export (auto: from the file).")
     ] = "auto",
-    trust_pickle: Annotated[
-        bool,
-        typer.Option(
-            "--trust-pickle", help="Allow loading a pickled model: it can run code, so only for files you trust."
-        ),
-    ] = False,
+    trust_pickle: TrustPickleOption = False,
     json_output: JsonOption = False,
     debug: DebugOption = False,
 ) -> None:

@@ -37,3 +37,7 @@ DataOption = Annotated[
 ]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON on stdout and nothing else.")]
 DebugOption = Annotated[bool, typer.Option("--debug", help="Print the traceback of any error.")]
+TrustPickleOption = Annotated[
+    bool,
+    typer.Option("--trust-pickle", help="Allow loading a pickled model: it can run code, so only for files you trust."),
+]

@@ -10,7 +10,15 @@ from typing import TYPE_CHECKING, Annotated, Literal
 import typer
 
 from prunecli.cli.errors import error_boundary
-from prunecli.cli.options import DataOption, DebugOption, JsonOption, ModelOption, PipelineArgument, SetOption
+from prunecli.cli.options import (
+    DataOption,
+    DebugOption,
+    JsonOption,
+    ModelOption,
+    PipelineArgument,
+    SetOption,
+    TrustPickleOption,
+)
 
 if TYPE_CHECKING:
     from prunecli.pipeline.options import RunResult
@@ -36,12 +44,7 @@ def run(
         int | None, typer.Option("--seed", help="Overrides the pipeline's seed.", show_default=False)
     ] = None,
     json_output: JsonOption = False,
-    trust_pickle: Annotated[
-        bool,
-        typer.Option(
-            "--trust-pickle", help="Allow loading a pickled model: it can run code, so only for files you trust."
-        ),
-    ] = False,
+    trust_pickle: TrustPickleOption = False,
     debug: DebugOption = False,
 ) -> int:
     """Run a pipeline: prune, fine-tune, measure; write the model and report.json/report.md."""

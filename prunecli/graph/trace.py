@@ -22,8 +22,9 @@ def export_program(module: torch.nn.Module, example_input: torch.Tensor) -> torc
     except Exception as error:  # torch raises many types here; all mean "cannot trace"
         first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
         raise UnsupportedModelError(
-            f"cannot trace the model with torch.export ({type(error).__name__}: {first_line[:200]}); "
-            "make its forward traceable (no data-dependent Python control flow) or prune its submodules"
+            f"cannot trace the model on an input of shape {tuple(example_input.shape)} with torch.export "
+            f"({type(error).__name__}: {first_line[:200]}); check model.input_shape, and that the forward "
+            "has no Python control flow on tensor values"
         ) from error
     finally:
         module.train(was_training)
