@@ -218,7 +218,7 @@ def test_train_and_eval_shapes_must_agree() -> None:
 
 def test_registry_knows_every_schema_format_and_refuses_duplicates() -> None:
     assert known_formats() == ["csv", "digits", "image_folder", "npz", "pt"]
-    with pytest.raises(ValueError, match="already registered"):
+    with pytest.raises(ValueError, match="registered twice"):
         register_reader("npz", get_reader("npz"))
     with pytest.raises(InputError, match="unknown data format 'npy'.*did you mean 'npz'"):
         get_reader("npy")

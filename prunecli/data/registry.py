@@ -7,12 +7,12 @@ twice is an error, and so is asking for a name nobody registered.
 
 from __future__ import annotations
 
-import difflib
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 from prunecli.data.dataset import DataSet
 from prunecli.errors import InputError
+from prunecli.registry import Registry
 
 if TYPE_CHECKING:
     from prunecli.config.schema import DataSpec
@@ -24,25 +24,20 @@ class DataReader(Protocol):
     def __call__(self, spec: DataSpec, *, base_dir: Path) -> DataSet: ...
 
 
-_READERS: dict[str, DataReader] = {}
+_READERS: Registry[str, DataReader] = Registry("data format")
 
 
 def register_reader(format_name: str, reader: DataReader) -> None:
-    """Make ``reader`` handle ``data.format: <format_name>``."""
-    readers = _registered()
-    if format_name in readers:
-        raise ValueError(f"a data reader for format '{format_name}' is already registered")
-    readers[format_name] = reader
+    """Make ``reader`` handle ``data.format: <format_name>``; a name registered twice is an error."""
+    _registered().add(format_name, reader)
 
 
 def get_reader(format_name: str) -> DataReader:
     """The reader for ``format_name``; an InputError listing the known formats if there is none."""
-    readers = _registered()
-    if format_name not in readers:
-        close = difflib.get_close_matches(format_name, list(readers), n=1)
-        hint = f"; did you mean '{close[0]}'?" if close else ""
-        raise InputError(f"unknown data format '{format_name}'; known formats: {', '.join(sorted(readers))}{hint}")
-    return readers[format_name]
+    try:
+        return _registered().lookup(format_name)
+    except KeyError as error:
+        raise InputError(error.args[0]) from None
 
 
 def known_formats() -> list[str]:
@@ -50,16 +45,16 @@ def known_formats() -> list[str]:
     return sorted(_registered())
 
 
-def _registered() -> dict[str, DataReader]:
-    if not _READERS:
+def _registered() -> Registry[str, DataReader]:
+    if "npz" not in _READERS:
         from prunecli.data import csv_table, digits, image_folder, npz, pt
 
-        builtins: dict[str, DataReader] = {
+        for name, reader in {
             "npz": npz.read,
             "pt": pt.read,
             "csv": csv_table.read,
             "image_folder": image_folder.read,
             "digits": digits.read,
-        }
-        _READERS.update(builtins)
+        }.items():
+            _READERS.add(name, reader)
     return _READERS

@@ -11,28 +11,18 @@ from prunecli.finetune import finetune
 from prunecli.graph.trace import build_channel_graph
 from prunecli.pipeline.measure import measure_stage
 from prunecli.pipeline.state import RunState
+from prunecli.registry import Registry
 from prunecli.selection import select_channels
 from prunecli.surgery.prune import prune_module
 
 Handler = Callable[[RunState, object], None]
-HANDLERS: dict[type, Handler] = {}
-
-
-def handles(step_type: type) -> Callable[[Handler], Handler]:
-    """Register the handler of one step type; a second registration is an error."""
-
-    def decorate(function: Handler) -> Handler:
-        if step_type in HANDLERS:
-            raise ValueError(f"a handler for {step_type.__name__} is registered twice")
-        HANDLERS[step_type] = function
-        return function
-
-    return decorate
+HANDLERS: Registry[type, Handler] = Registry("step handler")
+handles = HANDLERS.register  # @handles(ScoreStep): the handler of one step config type
 
 
 def run_step(state: RunState, step: object) -> None:
     """Run one step on the state."""
-    HANDLERS[type(step)](state, step)
+    HANDLERS.lookup(type(step))(state, step)
 
 
 @handles(ScoreStep)

@@ -6,28 +6,18 @@ from collections.abc import Callable
 
 from torch import nn
 
+from prunecli.registry import Registry
+
 Fixer = Callable[[nn.Module], None]
-_FIXERS: dict[type[nn.Module], Fixer] = {}
-
-
-def fixer(*types: type[nn.Module]) -> Callable[[Fixer], Fixer]:
-    """Register an attribute fixer for module types; registering a type twice is an error."""
-
-    def decorate(function: Fixer) -> Fixer:
-        for module_type in types:
-            if module_type in _FIXERS:
-                raise ValueError(f"an attribute fixer for {module_type.__name__} is registered twice")
-            _FIXERS[module_type] = function
-        return function
-
-    return decorate
+_FIXERS: Registry[type[nn.Module], Fixer] = Registry("attribute fixer")
+fixer = _FIXERS.register  # @fixer(nn.Linear): updates a module type's shape attributes
 
 
 def fix_attributes(module: nn.Module) -> None:
     """Update the shape attributes of ``module`` (one module, not its children) from its tensors."""
     for module_type in type(module).__mro__:
         if module_type in _FIXERS:
-            _FIXERS[module_type](module)
+            _FIXERS.lookup(module_type)(module)
             return
 
 

@@ -8,24 +8,13 @@ from typing import Any
 import torch
 
 from prunecli.graph.layout import Layout, SpaceTable
+from prunecli.registry import Registry
 
 Value = Any  # list[Layout] for a tensor, a list of those for a tuple of tensors, None otherwise
 Rule = Callable[["TraceContext", torch.fx.Node, dict[str, Any]], Value]
 
-RULES: dict[str, Rule] = {}
-
-
-def rule(*names: str) -> Callable[[Rule], Rule]:
-    """Register a rule for one or more ATen schema names (``aten::relu``)."""
-
-    def decorate(function: Rule) -> Rule:
-        for name in names:
-            if name in RULES:
-                raise ValueError(f"a coupling rule for '{name}' is registered twice")
-            RULES[name] = function
-        return function
-
-    return decorate
+RULES: Registry[str, Rule] = Registry("coupling rule")
+rule = RULES.register  # @rule("aten::relu", "aten::relu_"): one rule for one or more ATen schema names
 
 
 class TraceContext:
