@@ -1,0 +1,182 @@
+"""The zoo: real timm architectures (random weights, no downloads) pruned through the CLI's own code path.
+
+Marker: every test here is marked ``zoo`` (declared in pyproject.toml). The default ``pytest`` run
+includes the zoo; ``pytest -m zoo`` runs only the zoo and ``pytest -m "not zoo"`` skips it.
+
+Each case saves a timm model's state_dict, writes a pipeline whose ``model.arch`` is
+``timm:create_model`` (score l2, select ratio 0.5, prune) and runs it with ``run_pipeline``, then
+checks: pruned == masked original (the runner's verification), fewer MACs, the written
+``model.onnx`` agrees with the in-memory pruned model in ONNX Runtime, and ``model.pt`` +
+``model.plan.json`` reload into the same model. Inputs are the smallest each model accepts.
+
+Architectures the engine cannot prune yet are listed in ``KNOWN_FAILURES`` with the error, so they
+run as strict xfails: CI stays green, and a fixed one (an XPASS) fails until it is removed there.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+import yaml
+
+from prunecli.config.loading import load_pipeline
+from prunecli.config.schema import ModelSpec
+from prunecli.model_io import load_model
+from prunecli.model_io.outputs import first_tensor
+from prunecli.pipeline.options import RunOptions, RunResult
+from prunecli.pipeline.runner import run_pipeline
+from tests.conftest import REPO
+
+pytestmark = pytest.mark.zoo
+
+NUM_CLASSES = 10
+EVAL_SAMPLES = 4
+ONNX_RELATIVE_TOLERANCE = 1e-3  # of max(1, largest |output|): ORT and torch kernels round differently
+
+
+class ZooCase(NamedTuple):
+    """A timm architecture, the square input side it runs on (pixels) and extra create_model kwargs."""
+
+    name: str
+    input_size: int
+    kwargs: tuple[tuple[str, Any], ...] = ()
+
+
+def case(name: str, input_size: int, **kwargs: Any) -> ZooCase:
+    return ZooCase(name, input_size, tuple(kwargs.items()))
+
+
+ZOO = [
+    # CNNs: residual, grouped, depthwise, squeeze-excite, dense, multi-branch, re-parameterisable
+    case("resnet18", 32),
+    case("resnet50", 32),
+    case("resnext26ts", 32),
+    case("skresnet18", 32),
+    case("nf_resnet26", 32),
+    case("mobilenetv2_050", 32),
+    case("mobilenetv3_small_050", 32),
+    case("mnasnet_small", 32),
+    case("hardcorenas_a", 32),
+    case("lcnet_050", 32),
+    case("tinynet_e", 32),
+    case("rexnet_100", 32),
+    case("regnetx_002", 32),
+    case("densenet121", 32),
+    case("ghostnet_050", 32),
+    case("repvgg_a0", 32),
+    case("convnext_atto", 32),
+    case("poolformer_s12", 32),
+    case("inception_v3", 75),
+    case("dla34", 32),
+    case("hrnet_w18_small", 64),
+    case("cspresnet50", 64),
+    case("ese_vovnet19b_dw", 32),
+    case("vgg11", 224, mlp_ratio=0.25),  # 224: ONNX export needs a 7x7 map for the 7x7 pre-logits conv
+    # attention, MLP and hybrid models
+    case("vit_tiny_patch16_224", 32, img_size=32),
+    case("deit_tiny_patch16_224", 32, img_size=32),
+    case("cait_xxs24_224", 32, img_size=32),
+    case("convit_tiny", 32, img_size=32),
+    case("swin_tiny_patch4_window7_224", 56, img_size=56),
+    case("mixer_s32_224", 64, img_size=64),
+    case("levit_128s", 64, img_size=64),
+    case("visformer_tiny", 64, img_size=64),
+    case("mobilevit_xxs", 64),
+    case("efficientformer_l1", 224),  # attention biases are fixed at a 7x7 grid
+    case("edgenext_xx_small", 64),
+    case("efficientvit_b0", 64),
+    case("fastvit_t8", 64),
+    case("repvit_m1", 64),
+]
+
+KNOWN_FAILURES: dict[str, str] = {
+    "nf_resnet26": "VerificationError: pruned outputs differ from the masked original by 0.286 (ScaledStdConv2d "
+    "standardises its weight over the input channels, so zeroed columns still count in the mean and std)",
+    "cait_xxs24_224": "AssertionError: Expected gradient function to be set (count_macs: FlopCounterMode's module "
+    "tracker under torch.no_grad when a forward passes cls_token.expand(...) into a submodule)",
+}
+
+
+def _params() -> list:
+    marks = {name: pytest.mark.xfail(strict=True, reason=reason) for name, reason in KNOWN_FAILURES.items()}
+    return [pytest.param(zoo_case, id=zoo_case.name, marks=marks.get(zoo_case.name, ())) for zoo_case in ZOO]
+
+
+def test_known_failures_are_zoo_cases() -> None:
+    assert set(KNOWN_FAILURES) <= {zoo_case.name for zoo_case in ZOO}
+
+
+def test_zoo_lists_at_least_32_distinct_architectures() -> None:
+    assert len(ZOO) >= 32 and len({zoo_case.name for zoo_case in ZOO}) == len(ZOO)
+
+
+@pytest.mark.parametrize("zoo_case", _params())
+def test_architecture_prunes_exports_and_reloads(zoo_case: ZooCase, timm_module, tmp_path: Path) -> None:
+    pipeline = _write_case(zoo_case, timm=timm_module, folder=tmp_path)
+    result = run_pipeline(load_pipeline(pipeline), options=RunOptions(output_dir=tmp_path / "out", base_dir=tmp_path))
+    report = result.report
+    assert report["verification"]["passed"], report["verification"]
+    assert report["pruned"]["macs"] < report["original"]["macs"]
+    inputs = np.load(tmp_path / "eval.npz")["inputs"]
+    expected = _outputs(result.module, inputs)
+    _assert_onnx_agrees(result, inputs, expected)
+    reloaded = load_model(ModelSpec(path=result.written["model"]), base_dir=tmp_path, trust_pickle=False).module
+    np.testing.assert_allclose(_outputs(reloaded, inputs), expected, rtol=0, atol=1e-5 * _scale(expected))
+
+
+def _write_case(zoo_case: ZooCase, *, timm: Any, folder: Path) -> Path:
+    """Save the model's state_dict, a random eval split and the pipeline into ``folder``."""
+    kwargs = {"model_name": zoo_case.name, "pretrained": False, "num_classes": NUM_CLASSES, **dict(zoo_case.kwargs)}
+    torch.manual_seed(0)
+    model = timm.create_model(**kwargs)
+    torch.save(model.state_dict(), folder / "model.pt")
+    shape = [1, 3, zoo_case.input_size, zoo_case.input_size]
+    generator = np.random.default_rng(0)
+    inputs = generator.standard_normal((EVAL_SAMPLES, *shape[1:]), dtype=np.float32)
+    np.savez(folder / "eval.npz", inputs=inputs, labels=generator.integers(0, NUM_CLASSES, EVAL_SAMPLES))
+    pipeline = {
+        "version": 1,
+        "model": {"path": "model.pt", "arch": "timm:create_model", "kwargs": kwargs, "input_shape": shape},
+        "data": {"format": "npz", "eval": "eval.npz"},
+        "steps": [{"kind": "score", "criterion": "l2"}, {"kind": "select", "ratio": 0.5}, {"kind": "prune"}],
+        "latency": {"repeats": 2, "warmup": 1, "backends": ["torch"]},  # model.onnx is checked below
+    }
+    path = folder / "pipeline.yaml"
+    path.write_text(yaml.safe_dump(pipeline, sort_keys=False))
+    return path
+
+
+def _outputs(module: torch.nn.Module, inputs: np.ndarray) -> np.ndarray:
+    with torch.no_grad():  # not inference_mode: some models cache tensors from their first forward
+        return first_tensor(module.eval()(torch.from_numpy(inputs))).numpy()
+
+
+def _assert_onnx_agrees(result: RunResult, inputs: np.ndarray, expected: np.ndarray) -> None:
+    session = ort.InferenceSession(str(result.written["onnx"]), providers=["CPUExecutionProvider"])
+    actual = session.run(None, {session.get_inputs()[0].name: inputs})[0]
+    tolerance = ONNX_RELATIVE_TOLERANCE * _scale(expected)
+    np.testing.assert_allclose(actual, expected, rtol=0, atol=tolerance)
+
+
+def _scale(outputs: np.ndarray) -> float:
+    return max(1.0, float(np.abs(outputs).max()))
+
+
+def test_bench_prints_one_json_row_per_model(timm_module, capsys, monkeypatch) -> None:
+    spec = importlib.util.spec_from_file_location("zoo_bench", REPO / "bench" / "zoo_bench.py")
+    bench = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "zoo_bench", bench)  # dataclasses look their module up there
+    spec.loader.exec_module(bench)
+    exit_code = bench.main(["--models", "resnet18,lcnet_050", "--input-size", "32", "--num-classes", "10", "--json"])
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert exit_code == 0 and [row["model"] for row in rows] == ["resnet18", "lcnet_050"]
+    for row in rows:
+        assert row["passed"] and row["macs_after_g"] < row["macs_before_g"] and row["graph_seconds"] > 0
