@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-quick zoo bench samples clean
+.PHONY: demo test zoo bench samples clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -19,6 +19,9 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest
+
+zoo: $(STAMP)
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -m zoo
 
 samples: $(STAMP)
 	$(BIN)/python sample_models/make_samples.py

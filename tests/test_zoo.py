@@ -85,6 +85,7 @@ ZOO = [
     case("deit_tiny_patch16_224", 32, img_size=32),
     case("cait_xxs24_224", 32, img_size=32),
     case("convit_tiny", 32, img_size=32),
+    case("pit_ti_224", 32, img_size=32),
     case("swin_tiny_patch4_window7_224", 56, img_size=56),
     case("mixer_s32_224", 64, img_size=64),
     case("levit_128s", 64, img_size=64),
@@ -98,10 +99,8 @@ ZOO = [
 ]
 
 KNOWN_FAILURES: dict[str, str] = {
-    "nf_resnet26": "VerificationError: pruned outputs differ from the masked original by 0.286 (ScaledStdConv2d "
-    "standardises its weight over the input channels, so zeroed columns still count in the mean and std)",
-    "cait_xxs24_224": "AssertionError: Expected gradient function to be set (count_macs: FlopCounterMode's module "
-    "tracker under torch.no_grad when a forward passes cls_token.expand(...) into a submodule)",
+    "nf_resnet26": "nothing prunable yet: every ScaledStdConv2d standardises its weight over its input channels "
+    "(batch_norm in training mode on the weight), so those channels stay fixed and MACs do not drop",
 }
 
 
@@ -180,3 +179,44 @@ def test_bench_prints_one_json_row_per_model(timm_module, capsys, monkeypatch) -
     assert exit_code == 0 and [row["model"] for row in rows] == ["resnet18", "lcnet_050"]
     for row in rows:
         assert row["passed"] and row["macs_after_g"] < row["macs_before_g"] and row["graph_seconds"] > 0
+
+
+# Published structure figures (uniform local ratio 0.5, L2, classifier ignored; 224x224, one sample).
+# Our MACs count convolutions and matmuls only (torch's FlopCounterMode), the published ones also
+# count norms and activations, hence the 2 % tolerance. The often-quoted 6.41 M params for a halved
+# ResNet-50 is not a uniform halving: a ResNet-50 built directly at half width has 6.93 M, as checked.
+PUBLISHED = {
+    "resnet18": {"macs": (1.822e9, 0.487e9), "params": (11.69e6, 3.06e6)},
+    "resnet50": {"macs": (4.12e9, 1.07e9), "params": (25.56e6, None)},
+}
+
+
+@pytest.mark.parametrize("name", sorted(PUBLISHED))
+def test_structure_figures_agree_with_published_ones(name: str, timm_module) -> None:
+    from prunecli.config.schema import SelectStep
+    from prunecli.criteria.registry import get_criterion
+    from prunecli.graph.trace import build_channel_graph
+    from prunecli.metrics.macs import count_macs
+    from prunecli.metrics.size import count_params
+    from prunecli.selection import select_channels
+    from prunecli.surgery.prune import prune_module
+
+    model = timm_module.create_model(name, pretrained=False).eval()
+    inputs = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(0))
+    graph = build_channel_graph(model, inputs)
+    scores = get_criterion("l2")(graph, module=model, seed=0)
+    plan = select_channels(graph, scores, SelectStep(kind="select", ratio=0.5, ignore=["fc"]))
+    pruned = prune_module(model, graph, plan.removed, inputs=inputs, tolerance=1e-4).module
+    figures = PUBLISHED[name]
+    for before, after, counted in (
+        (*figures["macs"], (count_macs(model, inputs), count_macs(pruned, inputs))),
+        (*figures["params"], (count_params(model), count_params(pruned))),
+    ):
+        assert counted[0] == pytest.approx(before, rel=0.02)
+        if after is not None:
+            assert counted[1] == pytest.approx(after, rel=0.02)
+    if name == "resnet50":
+        from timm.models.resnet import Bottleneck, ResNet
+
+        half_width = ResNet(block=Bottleneck, layers=[3, 4, 6, 3], channels=(32, 64, 128, 256), stem_width=32)
+        assert count_params(pruned) == pytest.approx(count_params(half_width), rel=0.005)

@@ -31,6 +31,7 @@ import torch
 from prunecli.errors import InputError
 from prunecli.graph.channel_graph import ChannelGraph, PruningGroup
 from prunecli.graph.trace import build_channel_graph
+from prunecli.metrics.macs import macs_by_module
 from prunecli.model_io import load_model
 
 if TYPE_CHECKING:
@@ -81,24 +82,13 @@ def prunability(
 
 def _macs_by_weighted_leaf(module: torch.nn.Module, example_input: torch.Tensor) -> tuple[int, dict[str, int]]:
     """Total MACs on the first sample, and the MACs of each leaf module owning a ``weight`` by its name."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    counter = FlopCounterMode(display=False)
-    was_training = module.training
-    module.eval()
-    try:
-        with torch.no_grad(), counter:
-            module(example_input[:1])
-    finally:
-        module.train(was_training)
-    counts = counter.get_flop_counts()  # keys: "Global", then "<RootClass>.<module name>"
-    root = type(module).__name__
+    total, by_module = macs_by_module(module, example_input)
     leaf_macs = {
-        name: sum(counts.get(f"{root}.{name}", {}).values()) // 2
+        name: by_module.get(name, 0)
         for name, child in module.named_modules()
         if name and next(child.children(), None) is None and isinstance(getattr(child, "weight", None), torch.Tensor)
     }
-    return counter.get_total_flops() // 2, leaf_macs
+    return total, leaf_macs
 
 
 def _unprunable_macs_share(macs: int, leaf_macs: dict[str, int], *, prunable_tensors: set[str]) -> float | None:

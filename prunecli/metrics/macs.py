@@ -29,12 +29,32 @@ ShapeOf = Callable[[str], tuple[int, ...]]
 
 def count_macs(module: torch.nn.Module, example_input: torch.Tensor) -> int:
     """MACs of ``module`` on the first sample of ``example_input`` (torch's FlopCounterMode, flops / 2)."""
+    return macs_by_module(module, example_input)[0]
+
+
+def macs_by_module(module: torch.nn.Module, example_input: torch.Tensor) -> tuple[int, dict[str, int]]:
+    """Total MACs on the first sample, and the MACs counted inside each module, by qualified name.
+
+    Runs with autograd on: FlopCounterMode's module tracker fails under no_grad for some models
+    (a parameter expanded into a submodule's input, as in CaiT's class token).
+    """
     from torch.utils.flop_counter import FlopCounterMode
 
     counter = FlopCounterMode(display=False)
-    with torch.no_grad(), counter:
-        module(example_input[:1])
-    return counter.get_total_flops() // 2
+    was_training = module.training
+    module.eval()
+    try:
+        with torch.enable_grad(), counter:
+            module(example_input[:1])
+    finally:
+        module.train(was_training)
+    prefix = f"{type(module).__name__}."  # keys: "Global", then "<RootClass>.<module name>"
+    by_module = {
+        key[len(prefix) :]: sum(counts.values()) // 2
+        for key, counts in counter.get_flop_counts().items()
+        if key.startswith(prefix)
+    }
+    return counter.get_total_flops() // 2, by_module
 
 
 def onnx_macs(path: Path, input_shape: Sequence[int]) -> int:

@@ -74,7 +74,7 @@ def _num_outputs(state: RunState) -> int | None:
         return None
     example = torch.zeros((2, *state.loaded.input_shape[1:]), device=state.device)
     try:
-        with torch.inference_mode():
+        with torch.no_grad():  # not inference_mode: some models cache tensors on their first forward
             logits = first_tensor(state.module(example))
     except Exception as error:  # the user's forward can fail in any way on a wrong shape
         raise InputError(

@@ -85,6 +85,10 @@ def batch_norm(ctx: TraceContext, node: torch.fx.Node, args: dict[str, Any]) -> 
     x = ctx.layouts(args["input"])
     for name in ("weight", "bias", "running_mean", "running_var"):
         _tie_optional(ctx, args.get(name), x[1])
+    if args.get("training") or args.get("use_input_stats"):
+        # statistics over every other dimension (a weight standardised as in ScaledStdConv)
+        for layout in x[:1] + x[2:]:
+            ctx.table.mark_fixed(layout, f"statistics of {node.target._schema.name} are taken over it")
     if isinstance(node.meta.get("val"), (tuple, list)):
         return [list(x)] + [None] * (len(node.meta["val"]) - 1)
     return list(x)
