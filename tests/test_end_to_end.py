@@ -200,3 +200,14 @@ def test_data_whose_shape_does_not_fit_exits_2(tmp_path: Path) -> None:
     result = cli("run", write_pipeline(tmp_path, CNN_PIPELINE), "--data", data, "-o", tmp_path / "out")
     assert result.exit_code == 2
     assert "shape" in _error_line(result)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
+def test_cuda_run(tmp_path: Path) -> None:
+    result = cli("run", CONFIGS / "digits_cnn_l2_50.yaml", "-o", tmp_path, "--json", "--device", "cuda",
+                 "--set", "steps.3.epochs=1", "--set", "gates.max_accuracy_drop=0.5",
+                 "--set", "latency.backends=[torch]", *FAST)  # fmt: skip
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["device"] == "cuda" and report["pruned"]["latency_ms"]["device"] == "cuda"
+    assert report["verification"]["passed"]

@@ -31,7 +31,19 @@ def check_before_work(pipeline: Pipeline, *, base_dir: Path, device: str) -> Non
     if pipeline.gates.max_accuracy_drop is not None and not has_eval:
         raise InputError("gates.max_accuracy_drop needs eval data: set data.eval")
     if device == "cuda":
-        import torch
+        _check_cuda(pipeline)
 
-        if not torch.cuda.is_available():
-            raise InputError("device cuda asked but no CUDA device is available; use --device cpu")
+
+def _check_cuda(pipeline: Pipeline) -> None:
+    import torch
+
+    if not torch.cuda.is_available():
+        raise InputError("device cuda asked but no CUDA device is available; use --device cpu")
+    if "onnxruntime" in pipeline.latency.backends:
+        import onnxruntime
+
+        if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
+            raise InputError(
+                "device cuda asked but ONNX Runtime has no CUDAExecutionProvider; install onnxruntime-gpu, "
+                "or measure torch only with --set 'latency.backends=[torch]'"
+            )
