@@ -211,3 +211,13 @@ def test_cuda_run(tmp_path: Path) -> None:
     report = json.loads(result.stdout)
     assert report["device"] == "cuda" and report["pruned"]["latency_ms"]["device"] == "cuda"
     assert report["verification"]["passed"]
+
+
+def test_a_surgery_that_breaks_the_invariant_is_an_internal_error(tmp_path: Path, monkeypatch) -> None:
+    import prunecli.surgery.verify as verify
+
+    monkeypatch.setattr(verify, "zero_removed", lambda module, keep: None)  # the reference is left unmasked
+    result = cli("run", write_pipeline(tmp_path, CNN_PIPELINE), "-o", tmp_path / "out")
+    assert result.exit_code == 3
+    assert "differ from the masked original" in _error_line(result)
+    assert not (tmp_path / "out" / "model.pt").exists()

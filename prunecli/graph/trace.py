@@ -75,7 +75,10 @@ def _visit(ctx: TraceContext, node: torch.fx.Node, tensor_names: dict[str, str])
     handler = RULES.get(name)
     if handler is None:
         return ctx.unsupported(node)
-    return handler(ctx, node, bind_arguments(node))
+    try:
+        return handler(ctx, node, bind_arguments(node))
+    except Exception as error:  # an argument pattern a rule does not expect: keep what it touches whole
+        return ctx.unsupported(node, detail=f"{type(error).__name__}: {str(error)[:120]}")
 
 
 # Modules whose forward derives sizes from its input in ways the graph cannot follow:

@@ -60,9 +60,11 @@ class TraceContext:
             for layout in self.layouts(arg) or []:
                 self.table.mark_fixed(layout, reason)
 
-    def unsupported(self, node: torch.fx.Node) -> Value:
+    def unsupported(self, node: torch.fx.Node, *, detail: str | None = None) -> Value:
         """What an op without a rule does: fix its inputs, give its outputs fresh fixed atoms."""
         reason = f"used by {_op_name(node)}, which prunecli cannot prune through yet"
+        if detail:
+            reason += f" ({detail})"
         self.fix_inputs(node, reason)
         return self.fresh_value(node, reason)
 
