@@ -202,3 +202,21 @@ TEST_MODELS.update({
     "norms": (NormsNet, (2, 3, 6, 6)),
     "mha": (MHANet, (2, 5, 6)),
 })  # fmt: skip
+
+
+class EinsumNet(nn.Module):
+    """A linear layer written as einsum on a parameter, PReLU per channel, and zeros_like."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(12, 8) * 0.3)
+        self.act = nn.PReLU(12)
+        self.fc = nn.Linear(12, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        hidden = torch.einsum("bi,oi->bo", x, self.weight)
+        hidden = self.act(hidden) + torch.zeros_like(hidden)
+        return self.fc(hidden)
+
+
+TEST_MODELS["einsum"] = (EinsumNet, (4, 8))

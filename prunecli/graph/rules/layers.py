@@ -228,3 +228,46 @@ def attention(ctx: TraceContext, node: torch.fx.Node, args: dict[str, Any]) -> A
         logits_shape = [ctx.table.size(layout) for layout in logits]
         _broadcast_batch(ctx, logits, tuple(logits_shape), mask, ctx.shape(args["attn_mask"]))
     return batch + [q[-2], v[-1]]
+
+
+@rule("aten::prelu", "aten::_prelu_kernel")
+def prelu(ctx: TraceContext, node: torch.fx.Node, args: dict[str, Any]) -> Any:
+    """PReLU: one slope per channel (dim 1) ties the slope to the channels; a single slope ties nothing."""
+    x, weight = ctx.layouts(args["self"]), ctx.layouts(args["weight"])
+    if weight and ctx.table.size(weight[0]) > 1:
+        ctx.table.unify(weight[0], x[1] if len(x) > 1 else x[0])
+    return list(x)
+
+
+@rule("aten::einsum")
+def einsum(ctx: TraceContext, node: torch.fx.Node, args: dict[str, Any]) -> Any:
+    """Einstein sums: the same letter ties dimensions; output letters come from the operands.
+
+    A letter summed away between two activations is fixed, like the head size of ``q @ kᵀ``.
+    """
+    equation = args["equation"].replace(" ", "")
+    inputs, _, output = equation.partition("->")
+    operands = list(args["tensors"])
+    terms = inputs.split(",")
+    if not output or "..." in equation or len(terms) != len(operands):
+        return ctx.unsupported(node)
+    by_letter: dict[str, Any] = {}
+    for term, operand in zip(terms, operands):
+        for letter, layout in zip(term, ctx.layouts(operand)):
+            if ctx.table.size(layout) == 1:
+                continue
+            if letter in by_letter:
+                ctx.table.unify(by_letter[letter], layout)
+            else:
+                by_letter[letter] = layout
+    activation_letters = {letter for term, op in zip(terms, operands) if not ctx.is_state(op) for letter in term}
+    for term, operand in zip(terms, operands):
+        if ctx.is_state(operand):
+            for dim, letter in enumerate(term):
+                if letter in output and letter not in activation_letters:
+                    ctx.produce(operand, dim)  # a weight's output dimension, as in a linear layer
+    summed = {letter for letter in by_letter if letter not in output}
+    if len(operands) > 1 and not any(ctx.is_state(operand) for operand in operands):
+        for letter in summed:
+            ctx.table.mark_fixed(by_letter[letter], "contracted between two activations (an attention's head size)")
+    return [by_letter.get(letter, ctx.table.singleton()) for letter in output]

@@ -15,7 +15,8 @@ _UNARY = [
     "leaky_relu_", "elu", "elu_", "mish", "mish_", "softplus", "dropout", "dropout_", "feature_dropout",
     "alpha_dropout", "clone", "contiguous", "detach", "alias", "lift_fresh_copy", "_to_copy", "to", "type_as",
     "abs", "neg", "clamp", "clamp_", "clamp_min", "clamp_max", "exp", "sqrt", "rsqrt", "erf", "sin", "cos",
-    "reciprocal", "square", "log", "log1p", "floor", "ceil", "round", "sign",
+    "reciprocal", "square", "log", "log1p", "floor", "ceil", "round", "sign", "selu", "celu", "log_sigmoid",
+    "zeros_like", "ones_like", "full_like", "empty_like",
 ]  # fmt: skip
 
 _BROADCAST = [

@@ -151,13 +151,13 @@ def getitem(ctx: TraceContext, node: torch.fx.Node, args: dict[str, Any]) -> Any
 
 
 
-@rule("aten::roll")
+@rule("aten::roll", "aten::flip")
 def roll(ctx: TraceContext, node: torch.fx.Node, args: dict[str, Any]) -> Any:
-    """Rolled dimensions move positions around: they are fixed; the others pass through."""
+    """Rolled or flipped dimensions move positions around: they are fixed; the others pass through."""
     layouts = list(ctx.layouts(args["self"]))
     dims = args.get("dims") or list(range(len(layouts)))
     for dim in dims:
-        ctx.table.mark_fixed(layouts[_dim(dim, len(layouts))], "rolled")
+        ctx.table.mark_fixed(layouts[_dim(dim, len(layouts))], "positions reordered by roll or flip")
     return layouts
 
 
