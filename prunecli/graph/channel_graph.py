@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from prunecli.graph.layout import Atom, Layout, SpaceTable
+from prunecli.graph.layout import Atom, Layout, Product, SpaceTable
 
 
 @dataclass(frozen=True)
@@ -183,10 +183,30 @@ def build_groups(
         group_members = tuple(members[root])
         channels = table.size(Atom(root))
         reason = table.fixed.get(root) or ("a single channel" if channels < 2 else None)
-        groups.append(PruningGroup(root, _group_name(group_members), channels, group_members, reason is None, reason))
+        name = _group_name(group_members) + _part(table, tensor_layouts, group_members, root)
+        groups.append(PruningGroup(root, name, channels, group_members, reason is None, reason))
     return groups
 
 
 def _group_name(members: Sequence[Member]) -> str:
     names = list(dict.fromkeys(m.module or m.tensor for m in members if m.produces)) or [members[0].module]
     return names[0] if len(names) == 1 else f"{names[0]} (+{len(names) - 1} tied)"
+
+
+def _part(table: SpaceTable, tensor_layouts: Mapping[str, Sequence[Layout]], members: Sequence[Member], root: int) -> str:
+    """Where the group sits in its producer's output when it is one factor or piece of it.
+
+    ``qkv`` of a 3-head attention with head size 64 produces 3 x 3 x 64 outputs: its head
+    group is named ``blocks.0.attn.qkv[3x3x64: 2]``, the second factor.
+    """
+    producer = next((m for m in members if m.produces), None)
+    if producer is None:
+        return ""
+    layout = table.resolve(tensor_layouts[producer.tensor][producer.dim])
+    if isinstance(layout, Atom):
+        return ""
+    children = layout.factors if isinstance(layout, Product) else layout.parts
+    sizes = [str(table.size(child)) for child in children]
+    index = next((i for i, child in enumerate(children) if root in table.atoms(child)), 0)
+    joiner = "x" if isinstance(layout, Product) else "+"
+    return f"[{joiner.join(sizes)}: {index + 1}]"
