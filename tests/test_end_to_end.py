@@ -221,3 +221,5 @@ def test_a_surgery_that_breaks_the_invariant_is_an_internal_error(tmp_path: Path
     assert result.exit_code == 3
     assert "differ from the masked original" in _error_line(result)
     assert not (tmp_path / "out" / "model.pt").exists()
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["verification"]["passed"] is False and report["verification"]["max_abs_diff"] > 1e-3

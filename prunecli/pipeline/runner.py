@@ -15,7 +15,7 @@ from prunecli.config.loading import dump_resolved, with_absolute_paths
 from prunecli.config.schema import Pipeline
 from prunecli.data import load_data
 from prunecli.data.checks import check_against_model
-from prunecli.errors import InputError
+from prunecli.errors import InputError, VerificationError
 from prunecli.graph.summary import prunability
 from prunecli.model_io import load_model, save_model, save_onnx_model
 from prunecli.model_io.atomic import atomic_write_text
@@ -39,16 +39,28 @@ def run_pipeline(pipeline: Pipeline, *, options: RunOptions) -> RunResult:
     _seed_everything(seed)
     state = _load(pipeline, options=options, device=device, seed=seed)
     measure_stage(state, "original")
-    for step in pipeline.steps:
-        run_step(state, step)
+    try:
+        for step in pipeline.steps:
+            run_step(state, step)
+    except VerificationError:
+        _write_reports(state, written={})  # the evidence of the mismatch; no model is written
+        raise
     written = _write_model(state)
-    report = build_report(state, written=written)
-    options.output_dir.mkdir(parents=True, exist_ok=True)
-    written.update(write_report(report, out_dir=options.output_dir))
-    written["pipeline"] = options.output_dir / "pipeline.resolved.yaml"
-    atomic_write_text(written["pipeline"], dump_resolved(with_absolute_paths(pipeline, base_dir=options.base_dir)))
+    report = _write_reports(state, written=written)
     passed = all(gate["passed"] for gate in report["gates"].values())
     return RunResult(report=report, gates_passed=passed, written=written, module=state.module)
+
+
+def _write_reports(state: RunState, *, written: dict[str, Path]) -> dict[str, Any]:
+    """Write report.json, report.md and pipeline.resolved.yaml; adds them to ``written``."""
+    out_dir, pipeline = state.options.output_dir, state.pipeline
+    report = build_report(state, written=written)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written.update(write_report(report, out_dir=out_dir))
+    written["pipeline"] = out_dir / "pipeline.resolved.yaml"
+    resolved = with_absolute_paths(pipeline, base_dir=state.options.base_dir)
+    atomic_write_text(written["pipeline"], dump_resolved(resolved))
+    return report
 
 
 def _seed_everything(seed: int) -> None:
