@@ -93,7 +93,8 @@ def _prune(row: BenchRow, *, timm: ModuleType, ratio: float, input_size: int, nu
     started = time.perf_counter()
     outcome = prune_module(model, graph, removed, inputs=inputs, tolerance=TOLERANCE)
     row.verified_surgery_seconds = time.perf_counter() - started
-    row.surgery_seconds = _time_surgery(model, graph, {k: v for k, v in removed.items() if k not in outcome.left_intact})
+    applied = {group_id: kept for group_id, kept in removed.items() if group_id not in outcome.left_intact}
+    row.surgery_seconds = _time_surgery(model, graph, applied)
     row.groups_left_intact = len(outcome.left_intact)
     row.groups_pruned = len(removed) - row.groups_left_intact
     pruned, verification = outcome.module, outcome.verification

@@ -193,7 +193,9 @@ def _group_name(members: Sequence[Member]) -> str:
     return names[0] if len(names) == 1 else f"{names[0]} (+{len(names) - 1} tied)"
 
 
-def _part(table: SpaceTable, tensor_layouts: Mapping[str, Sequence[Layout]], members: Sequence[Member], root: int) -> str:
+def _part(
+    table: SpaceTable, tensor_layouts: Mapping[str, Sequence[Layout]], members: Sequence[Member], root: int
+) -> str:
     """Where the group sits in its producer's output when it is one factor or piece of it.
 
     ``qkv`` of a 3-head attention with head size 64 produces 3 x 3 x 64 outputs: its head

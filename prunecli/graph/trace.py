@@ -87,10 +87,11 @@ OPAQUE_MODULES = ("torch.nn.modules.activation.MultiheadAttention",)
 
 
 def _opaque_module(node: torch.fx.Node) -> str | None:
-    for path, module_type in (node.meta.get("nn_module_stack") or {}).values():
-        type_name = module_type if isinstance(module_type, str) else f"{module_type.__module__}.{module_type.__qualname__}"
-        if type_name in OPAQUE_MODULES:
-            return type_name.rpartition(".")[2]
+    for _, module_type in (node.meta.get("nn_module_stack") or {}).values():
+        if not isinstance(module_type, str):
+            module_type = f"{module_type.__module__}.{module_type.__qualname__}"
+        if module_type in OPAQUE_MODULES:
+            return module_type.rpartition(".")[2]
     return None
 
 

@@ -48,13 +48,15 @@ def _measure_torch(state: RunState) -> dict[str, Any]:
             module.to(state.device)
         for backend in spec.backends:
             if backend == "torch":
-                latencies.append(measure_torch_latency(module, example.to(state.device), spec=spec, device=state.device))
+                on_device = example.to(state.device)
+                latencies.append(measure_torch_latency(module, on_device, spec=spec, device=state.device))
             else:
                 latencies.append(measure_onnx_latency(onnx_path, example.numpy(), spec=spec, device=state.device))
     stage.update(_latency_fields(latencies))
     evaluation = None
     if state.data.eval is not None:
-        evaluation = evaluate_torch(module, state.data.eval, batch_size=state.pipeline.data.batch_size, device=state.device)
+        batch_size = state.pipeline.data.batch_size
+        evaluation = evaluate_torch(module, state.data.eval, batch_size=batch_size, device=state.device)
     stage.update(_evaluation_fields(evaluation))
     return stage
 
