@@ -222,3 +222,25 @@ class EinsumNet(nn.Module):
 
 
 TEST_MODELS["einsum"] = (EinsumNet, (4, 8))
+
+
+class StdConv(nn.Conv2d):
+    """A convolution with a standardised weight, as in NFNets and BiT (batch_norm on the weight)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        weight = F.batch_norm(self.weight.reshape(1, self.out_channels, -1), None, None, training=True, eps=1e-6)
+        return F.conv2d(x, weight.reshape_as(self.weight), self.bias, self.stride, self.padding)
+
+
+class StdConvNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1, self.conv2, self.conv3 = StdConv(3, 8, 3, padding=1), StdConv(8, 12, 3), StdConv(12, 6, 1)
+        self.fc = nn.Linear(6, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.relu(self.conv2(F.relu(self.conv1(x))))
+        return self.fc(self.conv3(x).mean((2, 3)))
+
+
+TEST_MODELS["stdconv"] = (StdConvNet, (2, 3, 7, 7))

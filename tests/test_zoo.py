@@ -98,10 +98,7 @@ ZOO = [
     case("repvit_m1", 64),
 ]
 
-KNOWN_FAILURES: dict[str, str] = {
-    "nf_resnet26": "nothing prunable yet: every ScaledStdConv2d standardises its weight over its input channels "
-    "(batch_norm in training mode on the weight), so those channels stay fixed and MACs do not drop",
-}
+KNOWN_FAILURES: dict[str, str] = {}
 
 
 def _params() -> list:

@@ -34,12 +34,12 @@ def apply_keep(module: nn.Module, keep: Keep, *, attributes: Attributes | None =
             sliced = sliced.index_select(int(dim), _index(indices, sliced.device))
         _set_tensor(owner, leaf, sliced.clone())
         owners.add(owner_name)
-    for owner_name in owners:
-        fix_attributes(module.get_submodule(owner_name))
     for path, values in (attributes or {}).items():
         owner = module.get_submodule(path)
         for name, value in values.items():
             setattr(owner, name, value)
+    for owner_name in owners:  # last: a layer's own shape attributes follow its tensors, whatever matched above
+        fix_attributes(module.get_submodule(owner_name))
 
 
 def zero_removed(module: nn.Module, keep: Keep) -> None:

@@ -32,13 +32,16 @@ def masked_copy(module: nn.Module, keep: Keep) -> nn.Module:
     return masked
 
 
-def _kept_first_dims(module: nn.Module, keep: Keep) -> dict[int, torch.Tensor]:
-    """Kept indices along dim 0 of each pruned tensor, keyed by the tensor's identity."""
+def _kept_by_identity(module: nn.Module, keep: Keep) -> dict[int, dict[int, torch.Tensor]]:
+    """Kept indices per dimension of each pruned tensor, keyed by the tensor's identity."""
     tensors = {**dict(module.named_parameters()), **dict(module.named_buffers())}
     return {
-        id(tensors[name]): torch.as_tensor(list(dims[0]), dtype=torch.long)
+        id(tensors[name]): {
+            int(dim): torch.as_tensor(list(indices), dtype=torch.long, device=tensors[name].device)
+            for dim, indices in dims.items()
+        }
         for name, dims in keep.items()
-        if 0 in dims and name in tensors
+        if name in tensors
     }
 
 
@@ -50,7 +53,7 @@ def verify_surgery(
     was_training = pruned.training
     pruned.eval()
     with torch.inference_mode():
-        with KeptChannelNorms(_kept_first_dims(masked, keep)):
+        with KeptChannelNorms(_kept_by_identity(masked, keep)):
             expected = output_tensors(masked(inputs))
         actual = output_tensors(pruned(inputs))
     pruned.train(was_training)

@@ -85,13 +85,29 @@ def batch_norm(ctx: TraceContext, node: torch.fx.Node, args: dict[str, Any]) -> 
     x = ctx.layouts(args["input"])
     for name in ("weight", "bias", "running_mean", "running_var"):
         _tie_optional(ctx, args.get(name), x[1])
-    if args.get("training") or args.get("use_input_stats"):
-        # statistics over every other dimension (a weight standardised as in ScaledStdConv)
-        for layout in x[:1] + x[2:]:
+    if (args.get("training") or args.get("use_input_stats")) and not _standardizes_a_weight(ctx, args["input"]):
+        for layout in x[:1] + x[2:]:  # statistics over every other dimension
             ctx.table.mark_fixed(layout, f"statistics of {node.target._schema.name} are taken over it")
     if isinstance(node.meta.get("val"), (tuple, list)):
         return [list(x)] + [None] * (len(node.meta["val"]) - 1)
     return list(x)
+
+
+def _standardizes_a_weight(ctx: TraceContext, source: Any) -> bool:
+    """``batch_norm(conv.weight.reshape(1, out, -1), training=True)``: weight standardisation (StdConv2d).
+
+    Its statistics run over the weight's input channels; verification computes them over the
+    kept ones only (``surgery.norms``), so those channels stay prunable.
+    """
+    return (
+        isinstance(source, torch.fx.Node)
+        and source.op == "call_function"
+        and getattr(source.target, "_schema", None) is not None
+        and source.target._schema.name in ("aten::view", "aten::reshape", "aten::_unsafe_view")
+        and ctx.is_state(source.args[0])
+        and len(ctx.shape(source)) == 3
+        and ctx.shape(source)[0] == 1
+    )
 
 
 @rule("aten::layer_norm", "aten::rms_norm")
