@@ -18,10 +18,10 @@ demo: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/prunecli run configs/digits_cnn_l2_50.yaml -o out/demo
 
 test: $(STAMP)
-	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest
+	HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 $(BIN)/python -m pytest
 
 zoo: $(STAMP)
-	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -m zoo
+	HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 $(BIN)/python -m pytest -m zoo
 
 samples: $(STAMP)
 	$(BIN)/python sample_models/make_samples.py

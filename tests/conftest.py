@@ -9,10 +9,16 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 
 from tests.timm_compat import define_torchvision_op_schemas
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# Engine fallbacks (a rule that raises, a surgery that breaks shapes) are errors in the tests.
+os.environ.setdefault("PRUNECLI_STRICT", "1")
+# One intra-op thread: spinning OpenMP threads slow torch down by 10-250x when another process
+# shares the cores (DESIGN.md 3a). Subprocesses inherit it through OMP_NUM_THREADS (Makefile).
+torch.set_num_threads(1)
 
 REPO = Path(__file__).resolve().parent.parent
 SAMPLES = REPO / "sample_models"
