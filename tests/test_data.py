@@ -144,6 +144,45 @@ def test_digits_matches_the_sample_files() -> None:
     np.testing.assert_array_equal(data.eval.labels, sample.eval.labels)
 
 
+# --- 8-bit inputs ----------------------------------------------------------------------------
+
+
+def _pixels() -> tuple[np.ndarray, np.ndarray]:
+    """Two 3x2x2 uint8 images, pixels 0..255, and their labels."""
+    return np.arange(0, 256, 22, dtype=np.uint8).reshape(2, 3, 2, 1).repeat(2, axis=3), np.array([0, 1])
+
+
+def _write_image_folder(root: Path, pixels: np.ndarray) -> None:
+    for index, image in enumerate(pixels):  # one class folder per image: labels 0, 1
+        (root / f"c{index}").mkdir(parents=True)
+        Image.fromarray(image.transpose(1, 2, 0)).save(root / f"c{index}" / "0.png")
+
+
+def test_uint8_inputs_are_divided_by_255_in_every_format(tmp_path: Path) -> None:
+    pixels, labels = _pixels()
+    np.savez(tmp_path / "d.npz", inputs=pixels, labels=labels)
+    torch.save({"inputs": torch.from_numpy(pixels), "labels": torch.from_numpy(labels)}, tmp_path / "d.pt")
+    _write_image_folder(tmp_path / "images", pixels)
+    specs = [("npz", "d.npz"), ("pt", "d.pt"), ("image_folder", "images")]
+    for data_format, name in specs:
+        data = load_data(DataSpec(format=data_format, eval=Path(name)), base_dir=tmp_path)
+        assert data.format == data_format and data.eval.inputs.dtype == np.float32
+        np.testing.assert_allclose(data.eval.inputs, pixels / 255.0, rtol=1e-6, err_msg=data_format)
+        np.testing.assert_array_equal(data.eval.labels, labels)
+    scaled = load_data(DataSpec(format="npz", eval=Path("d.npz"), scale=2.0), base_dir=tmp_path)
+    np.testing.assert_allclose(scaled.eval.inputs, pixels / 255.0 * 2.0, rtol=1e-6)  # scale comes after
+
+
+def test_other_dtypes_and_csv_keep_their_values(tmp_path: Path) -> None:
+    pixels, labels = _pixels()
+    np.savez(tmp_path / "d.npz", inputs=pixels.astype(np.int16), labels=labels)
+    data = load_data(DataSpec(format="npz", eval=Path("d.npz")), base_dir=tmp_path)
+    np.testing.assert_array_equal(data.eval.inputs, pixels)
+    _write_csv(tmp_path / "d.csv", [[0, 255, 128]], header=["label", "p0", "p1"])
+    data = load_data(DataSpec(format="csv", eval=Path("d.csv")), base_dir=tmp_path)
+    np.testing.assert_array_equal(data.eval.inputs, [[255, 128]])  # text: used as written
+
+
 # --- errors ----------------------------------------------------------------------------------
 
 
@@ -247,6 +286,40 @@ def test_check_refuses_a_different_shape() -> None:
     assert str(caught.value) == (
         "data inputs have shape (3, 32, 32) per sample but the model expects (1, 8, 8); fix data or model.input_shape"
     )
+
+
+def _rgb_folder(tmp_path: Path) -> DataSet:
+    _write_png(tmp_path / "a" / "0.png", (255, 0, 0), size=(8, 8))
+    return load_data(DataSpec(format="image_folder", eval=tmp_path), base_dir=tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("input_shape", "fix"),
+    [
+        ([1, 1, 8, 8], "set data.grayscale: true"),
+        ([1, 3, 4, 6], "set data.image_size: [4, 6]"),
+        ([1, 1, 16, 16], "set data.grayscale: true and set data.image_size: [16, 16]"),
+        ([1, 192], "image_folder gives (1 or 3, height, width) images; "
+         "fix model.input_shape or use another data.format"),
+    ],
+)
+def test_check_names_the_image_folder_fix(tmp_path: Path, input_shape: list[int], fix: str) -> None:
+    with pytest.raises(InputError) as caught:
+        check_against_model(_rgb_folder(tmp_path), input_shape=input_shape, num_outputs=None)
+    expected = tuple(input_shape[1:])
+    assert str(caught.value) == f"data inputs have shape (3, 8, 8) per sample but the model expects {expected}; {fix}"
+
+
+def test_check_names_grayscale_false_for_an_rgb_model(tmp_path: Path) -> None:
+    _write_png(tmp_path / "a" / "0.png", (255, 0, 0), size=(8, 8))
+    data = load_data(DataSpec(format="image_folder", eval=tmp_path, grayscale=True), base_dir=tmp_path)
+    with pytest.raises(InputError, match="set data.grayscale: false$"):
+        check_against_model(data, input_shape=[1, 3, 8, 8], num_outputs=None)
+
+
+def test_check_refuses_channels_last_arrays() -> None:
+    with pytest.raises(InputError, match=r"\(8, 8, 3\).*channels-last; save them as \(samples, channels"):
+        check_against_model(_data((8, 8, 3), [0]), input_shape=[1, 3, 8, 8], num_outputs=None)
 
 
 def test_check_refuses_labels_beyond_the_outputs() -> None:

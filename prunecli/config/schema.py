@@ -61,16 +61,30 @@ class ModelSpec(StrictModel):
 class DataSpec(StrictModel):
     """The data set: a training split (for fine-tuning and data-driven criteria) and an eval split."""
 
-    format: DataFormat
-    train: Path | None = None
-    eval: Path | None = None
+    format: DataFormat = Field(
+        description="npz/pt: arrays 'inputs' (N, ...) and 'labels' (N,) (or 'x'/'y'); csv: a header row, a label "
+        "column and numeric feature columns; image_folder: root/<class_name>/*.png|jpg; digits: scikit-learn's "
+        "8x8 digits. uint8 inputs (npz, pt, image pixels) are divided by 255; other dtypes and CSV values are "
+        "used as they are."
+    )
+    train: Path | None = Field(default=None, description="Training file (folder for image_folder); digits ignores it.")
+    eval: Path | None = Field(default=None, description="Eval file (folder for image_folder); digits ignores it.")
     batch_size: PositiveInt = 64
     label_column: str = Field(default="label", description="CSV only: the column holding integer labels.")
     image_size: list[PositiveInt] | None = Field(
-        default=None, min_length=2, max_length=2, description="image_folder only: [height, width] to resize to."
+        default=None,
+        min_length=2,
+        max_length=2,
+        description="image_folder only: [height, width] to resize to; set it to the model input's height and width.",
     )
-    grayscale: bool = Field(default=False, description="image_folder only: read images as one channel.")
-    scale: float = Field(default=1.0, gt=0, description="Inputs are multiplied by this after reading.")
+    grayscale: bool = Field(
+        default=False, description="image_folder only: read images as one channel (for 1-channel models); else RGB."
+    )
+    scale: float = Field(
+        default=1.0,
+        gt=0,
+        description="Inputs are multiplied by this after reading (after uint8 inputs are divided by 255).",
+    )
 
 
 class ScoreStep(StrictModel):

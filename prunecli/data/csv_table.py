@@ -2,6 +2,8 @@
 
 The label column is ``data.label_column`` (default ``label``); every other column is a feature,
 in file order. Inputs stay (N, F) here; ``check_against_model`` reshapes them to the model's input.
+A CSV is text, with no dtype that says "8-bit pixels": values are used as written (never divided by
+255); pixel tables of 0..255 need ``data.scale: 0.00392156862745098`` (1/255).
 """
 
 from __future__ import annotations

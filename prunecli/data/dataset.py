@@ -2,7 +2,8 @@
 
 A ``Split`` is ``inputs`` (float32, one row per sample, any per-sample shape) and ``labels``
 (int64 class indices). A ``DataSet`` holds an optional training split and an optional eval
-split; at least one is present and both have the same per-sample shape::
+split; at least one is present and both have the same per-sample shape. ``format`` is the
+``data.format`` it was read with (``load_data`` sets it; checks word their fixes by it)::
 
     train = make_split(np.zeros((100, 1, 8, 8)), np.arange(100) % 10, source="train.npz")
     data = DataSet(train=train, eval=None)
@@ -11,7 +12,11 @@ split; at least one is present and both have the same per-sample shape::
     for inputs, labels in batches(train, batch_size=32, shuffle=True, seed=0):
         ...                    # torch tensors: (32, 1, 8, 8) float32, (32,) int64; the last batch has 4
 
-``make_split`` is the one place raw arrays are checked: every reader calls it.
+``make_split`` is the one place raw arrays are checked and converted: every reader calls it, so
+8-bit inputs (``uint8``, e.g. image pixels 0..255) are divided by 255 the same way in every format;
+inputs of any other dtype keep their values (``data.scale`` multiplies afterwards)::
+
+    make_split(np.full((2, 1, 8, 8), 255, np.uint8), np.array([0, 1]), source="x").inputs.max()   # 1.0
 """
 
 from __future__ import annotations
@@ -26,6 +31,8 @@ from prunecli.errors import InputError
 
 if TYPE_CHECKING:
     import torch
+
+UINT8_MAX = 255.0
 
 
 @dataclass(frozen=True)
@@ -46,10 +53,14 @@ class Split:
 
 @dataclass(frozen=True)
 class DataSet:
-    """A training split and an eval split; either may be missing, not both."""
+    """A training split and an eval split; either may be missing, not both.
+
+    ``format`` is the ``data.format`` the splits were read with, or None when unknown.
+    """
 
     train: Split | None
     eval: Split | None
+    format: str | None = None
 
     def __post_init__(self) -> None:
         if self.train is None and self.eval is None:
@@ -79,8 +90,9 @@ class DataSet:
 def make_split(inputs: np.ndarray, labels: np.ndarray, *, source: str) -> Split:
     """Check raw arrays read from ``source`` and convert them to a ``Split``.
 
-    Inputs must be numeric, finite and at least 2-D; labels a 1-D array of non-negative integers
-    (integral floats, as CSV files give, are accepted) as long as the inputs.
+    Inputs must be numeric, finite and at least 2-D; ``uint8`` inputs are divided by 255 (to
+    [0, 1]), any other dtype is converted to float32 as it is. Labels must be a 1-D array of
+    non-negative integers (integral floats, as CSV files give, are accepted) as long as the inputs.
     """
     inputs = _checked_inputs(np.asarray(inputs), source=source)
     labels = _checked_labels(np.asarray(labels), inputs, source=source)
@@ -94,6 +106,8 @@ def _checked_inputs(inputs: np.ndarray, *, source: str) -> np.ndarray:
         raise InputError(f"{source}: inputs have shape {inputs.shape}; save them as (samples, features...)")
     if len(inputs) == 0:
         raise InputError(f"{source} has no samples; give a file with at least one sample")
+    if inputs.dtype == np.uint8:
+        inputs = inputs.astype(np.float32) / UINT8_MAX  # 8-bit pixels 0..255 -> [0, 1], in every format
     inputs = inputs.astype(np.float32, copy=False)
     if not np.isfinite(inputs).all():
         raise InputError(f"{source}: inputs contain NaN or infinity; clean the data")

@@ -2,8 +2,9 @@
 
 Class names sorted alphabetically give the label indices (``cat`` -> 0, ``dog`` -> 1). Images are
 read with Pillow as RGB (or one channel with ``data.grayscale``), resized to ``data.image_size``
-([height, width]) when given, and returned as float32 CHW in [0, 1]. When both ``data.train``
-and ``data.eval`` are set they must hold the same class folders.
+([height, width]) when given, and returned as CHW; their 8-bit pixels become [0, 1] in
+``make_split``, as uint8 inputs do in every format. When both ``data.train`` and ``data.eval``
+are set they must hold the same class folders.
 """
 
 from __future__ import annotations
@@ -71,7 +72,7 @@ def read_folder(root: Path, spec: DataSpec) -> Split:
 
 
 def _read_image(path: Path, spec: DataSpec) -> np.ndarray:
-    """One image as float32 (C, H, W) in [0, 1]."""
+    """One image as uint8 (C, H, W), pixels 0..255."""
     from PIL import Image
 
     try:
@@ -80,7 +81,7 @@ def _read_image(path: Path, spec: DataSpec) -> np.ndarray:
             if spec.image_size is not None:
                 height, width = spec.image_size
                 image = image.resize((width, height), Image.Resampling.BILINEAR)
-            pixels = np.asarray(image, dtype=np.float32) / 255.0  # (H, W) or (H, W, 3)
+            pixels = np.asarray(image, dtype=np.uint8)  # (H, W) or (H, W, 3)
     except (OSError, ValueError) as error:  # PIL's UnidentifiedImageError is an OSError
         raise InputError(f"cannot read image {path} ({short_reason(error)}); replace or remove it") from error
     return pixels[None] if pixels.ndim == 2 else pixels.transpose(2, 0, 1)

@@ -1,4 +1,7 @@
-"""``format: npz``: a numpy ``.npz`` archive with arrays ``inputs`` and ``labels`` (or ``x`` and ``y``)."""
+"""``format: npz``: a numpy ``.npz`` archive with arrays ``inputs`` and ``labels`` (or ``x`` and ``y``).
+
+``uint8`` inputs are divided by 255 (in ``make_split``, as in every format); others keep their values.
+"""
 
 from __future__ import annotations
 

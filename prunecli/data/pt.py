@@ -1,6 +1,7 @@
 """``format: pt``: a file saved with ``torch.save({"inputs": Tensor, "labels": Tensor}, path)``.
 
 It is loaded with ``weights_only=True``: plain tensors and containers only, no pickled code.
+``uint8`` inputs are divided by 255 (in ``make_split``, as in every format); others keep their values.
 """
 
 from __future__ import annotations
