@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from prunecli.graph.fallbacks import FallbackLog
 from prunecli.graph.layout import Atom, Layout, Product, SpaceTable
 
 
@@ -77,14 +78,24 @@ class SizeUse:
 
 
 class ChannelGraph:
-    """All pruning groups of a model, with the layouts they were derived from."""
+    """All pruning groups of a model, with the layouts they were derived from.
+
+    ``fallbacks`` lists what building the graph gave up on (ops without a rule, opaque
+    modules; see ``prunecli.graph.fallbacks``): ``graph.fallbacks.counts()`` for a report.
+    """
 
     def __init__(
-        self, *, table: SpaceTable, groups: Sequence[PruningGroup], size_uses: Sequence[SizeUse] = ()
+        self,
+        *,
+        table: SpaceTable,
+        groups: Sequence[PruningGroup],
+        size_uses: Sequence[SizeUse] = (),
+        fallbacks: FallbackLog | None = None,
     ) -> None:
         self.table = table
         self.groups = list(groups)
         self.size_uses = list(size_uses)
+        self.fallbacks = fallbacks if fallbacks is not None else FallbackLog()
         self._by_id = {group.id: group for group in self.groups}
 
     def group(self, group_id: int) -> PruningGroup:

@@ -10,7 +10,7 @@ from prunecli.errors import UnsupportedModelError
 from prunecli.graph.channel_graph import ChannelGraph, SizeUse, build_groups
 from prunecli.graph.layout import SpaceTable
 from prunecli.graph.rules import RULES, TraceContext
-from prunecli.graph.rules.context import bind_arguments, op_name
+from prunecli.graph.rules.context import Rule, Value, bind_arguments, node_label, op_name
 
 
 def export_program(module: torch.nn.Module, example_input: torch.Tensor) -> torch.export.ExportedProgram:
@@ -49,36 +49,77 @@ def build_channel_graph(module: torch.nn.Module, example_input: torch.Tensor) ->
     groups = build_groups(
         table, tensor_layouts, parameters=set(signature.inputs_to_parameters.values()), producers=ctx.producers
     )
-    return ChannelGraph(table=table, groups=groups, size_uses=size_uses)
+    return ChannelGraph(table=table, groups=groups, size_uses=size_uses, fallbacks=ctx.fallbacks)
 
 
 def _visit(ctx: TraceContext, node: torch.fx.Node, tensor_names: dict[str, str]):
     if node.op == "placeholder":
         return _placeholder(ctx, node, tensor_names)
     if node.op == "output":
-        for value in node.all_input_nodes:
-            for layout in ctx.layouts(value) or []:
-                ctx.table.mark_fixed(layout, "reaches a model output")
-            for item in ctx.values.get(value) or []:
-                if isinstance(item, list):
-                    for layout in item:
-                        ctx.table.mark_fixed(layout, "reaches a model output")
+        _fix_outputs(ctx, node)
         return None
-    if node.op != "call_function":
-        return ctx.unsupported(node)
     name = "getitem" if node.target is operator.getitem else op_name(node)
     if not _has_tensor_output(node) and name != "getitem":
-        return None
+        return None  # sizes, submodules of higher-order ops, ...
+    if node.op != "call_function":
+        return ctx.unsupported(node, detail=f"a {node.op} node")
     opaque = _opaque_module(node)
     if opaque is not None:
         return ctx.opaque(node, opaque)
     handler = RULES.get(name)
     if handler is None:
         return ctx.unsupported(node)
+    return _apply_rule(ctx, node, handler)
+
+
+def _apply_rule(ctx: TraceContext, node: torch.fx.Node, handler: Rule) -> Value:
+    """The rule's output layouts; a rule that raises or mis-sizes them is a bug (raises when strict)."""
     try:
-        return handler(ctx, node, bind_arguments(node))
-    except Exception as error:  # an argument pattern a rule does not expect: keep what it touches whole
-        return ctx.unsupported(node, detail=f"{type(error).__name__}: {str(error)[:120]}")
+        value = handler(ctx, node, bind_arguments(node))
+    except Exception as error:  # a rule declines patterns explicitly (ctx.unsupported); raising is a bug
+        detail = f"{type(error).__name__}: {str(error)[:120]}"
+        ctx.fallbacks.record("rule_error", node_label(node), f"the rule raised {detail}")
+        return ctx.keep_whole(node, detail=detail)
+    mismatch = layout_mismatch(ctx.table, value, node.meta.get("val"))
+    if mismatch is not None:
+        ctx.fallbacks.record("layout_mismatch", node_label(node), mismatch)
+        return ctx.keep_whole(node, detail=mismatch)
+    return value
+
+
+def layout_mismatch(table: SpaceTable, value: Value, traced: object) -> str | None:
+    """How a rule's output ``value`` disagrees with the traced output (``node.meta["val"]``), or None.
+
+    A tensor needs one layout per dimension, each of that dimension's size; a tuple of outputs
+    needs one entry per element (None allowed for an output no rule follows).
+    """
+    if isinstance(traced, (tuple, list)):
+        if not isinstance(value, list) or len(value) != len(traced):
+            return f"{_count(value)} outputs for a tuple of {len(traced)}"
+        found = (layout_mismatch(table, v, t) for v, t in zip(value, traced) if v is not None)
+        return next((f"output {i}: {m}" for i, m in enumerate(found) if m is not None), None)
+    if not isinstance(traced, torch.Tensor):
+        return None
+    shape = tuple(int(size) for size in traced.shape)
+    if not isinstance(value, list) or any(isinstance(layout, list) or layout is None for layout in value):
+        return f"no layouts for a tensor of shape {shape}"
+    sizes = tuple(table.size(layout) for layout in value)
+    return None if sizes == shape else f"layouts of sizes {sizes} for a tensor of shape {shape}"
+
+
+def _count(value: Value) -> int:
+    return len(value) if isinstance(value, list) else 0
+
+
+def _fix_outputs(ctx: TraceContext, node: torch.fx.Node) -> None:
+    """Whatever reaches a model output keeps all its positions."""
+    for value in node.all_input_nodes:
+        for layout in ctx.layouts(value) or []:
+            ctx.table.mark_fixed(layout, "reaches a model output")
+        for item in ctx.values.get(value) or []:
+            if isinstance(item, list):
+                for layout in item:
+                    ctx.table.mark_fixed(layout, "reaches a model output")
 
 
 # Modules whose forward derives sizes from its input in ways the graph cannot follow:

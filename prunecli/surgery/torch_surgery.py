@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections import defaultdict
 from collections.abc import Mapping, Sequence
-
 from typing import Any
 
 import numpy as np
@@ -24,22 +24,56 @@ def apply_keep(module: nn.Module, keep: Keep, *, attributes: Attributes | None =
     ``attributes`` (module path -> attribute -> int, from ``ChannelGraph.attribute_updates``)
     sets the sizes that the model's own code uses, such as ``num_heads``.
     """
+    aliases = _aliases(module)
     owners = set()
     for name, dims in keep.items():
         owner_name, _, leaf = name.rpartition(".")
-        owner = module.get_submodule(owner_name)
-        tensor = _get_tensor(owner, leaf, name)
+        tensor = _get_tensor(module.get_submodule(owner_name), leaf, name)
         sliced = tensor.detach()
         for dim, indices in sorted(dims.items()):
             sliced = sliced.index_select(int(dim), _index(indices, sliced.device))
-        _set_tensor(owner, leaf, sliced.clone())
-        owners.add(owner_name)
+        sliced = sliced.clone()
+        value = nn.Parameter(sliced, tensor.requires_grad) if isinstance(tensor, nn.Parameter) else sliced
+        for alias in aliases.get(name, [name]):  # a tied weight stays tied: every name gets the sliced one
+            alias_owner, _, alias_leaf = alias.rpartition(".")
+            _set_tensor(module.get_submodule(alias_owner), alias_leaf, value)
+            owners.add(alias_owner)
     for path, values in (attributes or {}).items():
         owner = module.get_submodule(path)
         for name, value in values.items():
             setattr(owner, name, value)
     for owner_name in owners:  # last: a layer's own shape attributes follow its tensors, whatever matched above
         fix_attributes(module.get_submodule(owner_name))
+
+
+def shape_mismatch(original: nn.Module, pruned: nn.Module, keep: Keep) -> str | None:
+    """The first parameter or buffer of ``pruned`` whose shape is not the one ``keep`` implies, or None.
+
+    ``keep[tensor][dim]`` positions survive along ``dim``; every other dimension, and every
+    tensor ``keep`` does not name, keeps its size (a tied weight sliced under one name only
+    shows up here under the other).
+    """
+    before, aliases = _named_tensors(original), _aliases(original)
+    for name, tensor in _named_tensors(pruned).items():
+        planned = list(before[name].shape)
+        for dim, indices in (item for alias in aliases[name] for item in keep.get(alias, {}).items()):
+            planned[int(dim)] = len(indices)
+        if list(tensor.shape) != planned:
+            return f"tensor '{name}' has shape {tuple(tensor.shape)}, the plan implies {tuple(planned)}"
+    return None
+
+
+def _named_tensors(module: nn.Module) -> dict[str, torch.Tensor]:
+    parameters = module.named_parameters(remove_duplicate=False)
+    return {**dict(parameters), **dict(module.named_buffers(remove_duplicate=False))}
+
+
+def _aliases(module: nn.Module) -> dict[str, list[str]]:
+    """Every name of each parameter and buffer, by each of its names (a tied weight has several)."""
+    by_identity: dict[int, list[str]] = defaultdict(list)
+    for name, tensor in _named_tensors(module).items():
+        by_identity[id(tensor)].append(name)
+    return {name: names for names in by_identity.values() for name in names}
 
 
 def zero_removed(module: nn.Module, keep: Keep) -> None:
@@ -68,7 +102,6 @@ def _get_tensor(owner: nn.Module, leaf: str, name: str) -> torch.Tensor:
 
 def _set_tensor(owner: nn.Module, leaf: str, value: torch.Tensor) -> None:
     if leaf in owner._parameters:
-        old = owner._parameters[leaf]
-        owner._parameters[leaf] = nn.Parameter(value, requires_grad=old.requires_grad)
+        owner._parameters[leaf] = value
     else:
         owner._buffers[leaf] = value

@@ -7,6 +7,7 @@ from typing import Any
 
 import torch
 
+from prunecli.graph.fallbacks import FallbackLog
 from prunecli.graph.layout import Layout, SpaceTable
 from prunecli.registry import Registry
 
@@ -18,10 +19,11 @@ rule = RULES.register  # @rule("aten::relu", "aten::relu_"): one rule for one or
 
 
 class TraceContext:
-    """Layouts of the values seen so far, plus who produces which channels."""
+    """Layouts of the values seen so far, who produces which channels, and the fallbacks taken."""
 
     def __init__(self, table: SpaceTable) -> None:
         self.table = table
+        self.fallbacks = FallbackLog()
         self.values: dict[torch.fx.Node, Value] = {}
         self.tensor_of_placeholder: dict[torch.fx.Node, str] = {}
         self.producers: dict[str, set[int]] = {}
@@ -61,7 +63,12 @@ class TraceContext:
                 self.table.mark_fixed(layout, reason)
 
     def unsupported(self, node: torch.fx.Node, *, detail: str | None = None) -> Value:
-        """What an op without a rule does: fix its inputs, give its outputs fresh fixed atoms."""
+        """What an op without a rule (or a pattern its rule declines) does: keep what it touches whole."""
+        self.fallbacks.record("unsupported_op", node_label(node), detail or "no coupling rule")
+        return self.keep_whole(node, detail=detail)
+
+    def keep_whole(self, node: torch.fx.Node, *, detail: str | None = None) -> Value:
+        """Fix the inputs of ``node`` and give its outputs fresh fixed atoms (records nothing)."""
         reason = f"used by {_op_name(node)}, which prunecli cannot prune through yet"
         if detail:
             reason += f" ({detail})"
@@ -70,6 +77,7 @@ class TraceContext:
 
     def opaque(self, node: torch.fx.Node, module_type: str) -> Value:
         """An op inside a module prunecli treats as a black box: like an unsupported op."""
+        self.fallbacks.record("opaque_module", node_label(node), f"inside {module_type}")
         reason = f"inside {module_type}, which prunecli keeps whole"
         self.fix_inputs(node, reason)
         return self.fresh_value(node, reason)
@@ -87,6 +95,13 @@ class TraceContext:
 def _op_name(node: torch.fx.Node) -> str:
     schema = getattr(node.target, "_schema", None)
     return schema.name if schema is not None else str(node.target)
+
+
+def node_label(node: torch.fx.Node) -> str:
+    """An op and its node, for messages: ``aten::cat (cat_3 in blocks.0.attn)``."""
+    stack = node.meta.get("nn_module_stack") or {}
+    module = list(stack.values())[-1][0] if stack else ""
+    return f"{_op_name(node)} ({node.name}{f' in {module}' if module else ''})"
 
 
 def op_name(node: torch.fx.Node) -> str:

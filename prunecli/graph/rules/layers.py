@@ -28,7 +28,7 @@ def conv(ctx: TraceContext, node: torch.fx.Node, args: dict[str, Any]) -> Any:
     x, w = ctx.layouts(args["input"]), ctx.layouts(args["weight"])
     w_shape, groups = ctx.shape(args["weight"]), int(args.get("groups", 1))
     if len(ctx.shape(args["input"])) != len(w_shape):
-        return ctx.unsupported(node)
+        return ctx.unsupported(node, detail="unbatched input")
     for kernel in w[2:]:
         ctx.table.mark_fixed(kernel, "kernel dimension")
     if groups == 1:
@@ -51,7 +51,7 @@ def conv_transpose(ctx: TraceContext, node: torch.fx.Node, args: dict[str, Any])
     """Transposed convolution: weight is (in, out / groups, kernel...)."""
     x, w = ctx.layouts(args["input"]), ctx.layouts(args["weight"])
     if int(args.get("groups", 1)) != 1 or len(ctx.shape(args["input"])) != len(w):
-        return ctx.unsupported(node)
+        return ctx.unsupported(node, detail="grouped or unbatched transposed convolution")
     for kernel in w[2:]:
         ctx.table.mark_fixed(kernel, "kernel dimension")
     ctx.table.unify(x[1], w[0])
@@ -205,7 +205,7 @@ def matmul(ctx: TraceContext, node: torch.fx.Node, args: dict[str, Any]) -> Any:
     a, b = ctx.layouts(args["self"]), ctx.layouts(args.get("mat2", args.get("other")))
     a_shape, b_shape = ctx.shape(args["self"]), ctx.shape(args.get("mat2", args.get("other")))
     if a is None or b is None or len(a) < 2 or len(b) < 2:
-        return ctx.unsupported(node)
+        return ctx.unsupported(node, detail="a product with a vector")
     ctx.table.unify(a[-1], b[-2])
     if not ctx.is_state(args["self"]) and not ctx.is_state(args.get("mat2", args.get("other"))):
         # q @ kᵀ: the head size sets the attention scale, a constant the graph cannot see
@@ -266,7 +266,7 @@ def einsum(ctx: TraceContext, node: torch.fx.Node, args: dict[str, Any]) -> Any:
     operands = list(args["tensors"])
     terms = inputs.split(",")
     if not output or "..." in equation or len(terms) != len(operands):
-        return ctx.unsupported(node)
+        return ctx.unsupported(node, detail=f"equation '{equation}'")
     by_letter: dict[str, Any] = {}
     for term, operand in zip(terms, operands):
         for letter, layout in zip(term, ctx.layouts(operand)):

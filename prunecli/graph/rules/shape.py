@@ -167,7 +167,7 @@ def index(ctx: TraceContext, node: torch.fx.Node, args: dict[str, Any]) -> Any:
     layouts = ctx.layouts(args["self"])
     indexed = [i for i, index_tensor in enumerate(args["indices"]) if index_tensor is not None]
     if not indexed or indexed != list(range(indexed[0], indexed[-1] + 1)):
-        return ctx.unsupported(node)
+        return ctx.unsupported(node, detail="index tensors on non-consecutive dimensions")
     for dim in indexed:
         ctx.table.mark_fixed(layouts[dim], "indexed by a tensor")
     out_shape = ctx.shape(node)
