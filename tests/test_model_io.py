@@ -243,11 +243,12 @@ def test_save_state_dict_writes_weights_plan_and_onnx_that_reload(tmp_path, arch
     loaded = _load(tmp_path, path="net.pt", arch="archs.py:TinyNet", input_shape=SHAPE)
     out_dir = tmp_path / "out"
     written = save_model(loaded, loaded.module, out_dir=out_dir, example_input=torch.randn(*SHAPE), keep=None)
-    assert written == {name: out_dir / file for name, file in
-                       [("model", "model.pt"), ("plan", "model.plan.json"), ("onnx", "model.onnx")]}
-    assert _files(out_dir) == {"model.pt", "model.plan.json", "model.onnx"}  # no temporary files left
+    names = {"model": "model.pt", "plan": "model.plan.json", "arch": "archs.py", "onnx": "model.onnx"}
+    assert written == {key: out_dir / name for key, name in names.items()}
+    assert _files(out_dir) == {"model.pt", "model.plan.json", "archs.py", "model.onnx"}  # no temporary files left
     plan = json.loads(written["plan"].read_text())
-    assert plan["arch"] == loaded.arch and plan["input_shape"] == SHAPE and plan["keep"] == {}
+    assert plan["arch"] == "archs.py:TinyNet" and plan["input_shape"] == SHAPE and plan["keep"] == {}
+    assert written["arch"].read_text() == arch_file.read_text()  # relative to the plan: the folder can move
     # The plan carries arch and input shape: the saved model reloads from another folder with neither given.
     reloaded = load_model(ModelSpec(path=written["model"]), base_dir=Path("/"), trust_pickle=False)
     assert reloaded.format == "state_dict" and reloaded.input_shape == tuple(SHAPE)
@@ -272,6 +273,41 @@ def test_saved_plan_replays_the_kept_channels(tmp_path, arch_file):
     reloaded = load_model(ModelSpec(path=written["model"]), base_dir=tmp_path, trust_pickle=False)
     assert reloaded.module.conv.out_channels == 3 and reloaded.keep == keep
     assert _outputs_match(reloaded.module, loaded.module)
+
+
+def test_moved_output_folder_loads_with_its_own_copy_of_the_arch(tmp_path, arch_file):
+    original = _trained_tiny_net(arch_file)
+    torch.save(original.state_dict(), tmp_path / "net.pt")
+    loaded = _load(tmp_path, path="net.pt", arch="archs.py:TinyNet", input_shape=SHAPE)
+    save_model(loaded, loaded.module, out_dir=tmp_path / "out", example_input=torch.randn(*SHAPE), keep=None)
+    moved = (tmp_path / "out").rename(tmp_path / "elsewhere")
+    arch_file.unlink()  # the copy in the folder is what loads
+    reloaded = load_model(ModelSpec(path=moved / "model.pt"), base_dir=Path("/"), trust_pickle=False)
+    assert reloaded.arch == f"{moved / 'archs.py'}:TinyNet"
+    assert _outputs_match(reloaded.module, original)
+    # Saving it again copies the arch on: from the moved folder into the next one.
+    written = save_model(reloaded, reloaded.module, out_dir=tmp_path / "again", example_input=torch.randn(*SHAPE),
+                         keep=None)
+    assert json.loads(written["plan"].read_text())["arch"] == "archs.py:TinyNet" and written["arch"].is_file()
+
+
+def test_plan_with_an_absolute_arch_path_still_loads(tmp_path, arch_file):
+    original = _trained_tiny_net(arch_file)
+    (tmp_path / "out").mkdir()
+    torch.save(original.state_dict(), tmp_path / "out" / "model.pt")
+    plan = {"version": 1, "arch": f"{arch_file.resolve()}:TinyNet", "kwargs": {}, "input_shape": SHAPE, "keep": {}}
+    (tmp_path / "out" / "model.plan.json").write_text(json.dumps(plan))  # as written before arch files were copied
+    reloaded = load_model(ModelSpec(path=tmp_path / "out" / "model.pt"), base_dir=Path("/"), trust_pickle=False)
+    assert reloaded.arch == plan["arch"] and _outputs_match(reloaded.module, original)
+
+
+def test_importable_arch_is_saved_as_it_is(tmp_path):
+    torch.save(nn.Linear(4, 2).state_dict(), tmp_path / "linear.pt")
+    loaded = _load(tmp_path, path="linear.pt", arch="torch.nn:Linear", kwargs={"in_features": 4, "out_features": 2},
+                   input_shape=[1, 4])
+    written = save_model(loaded, loaded.module, out_dir=tmp_path / "out", example_input=torch.randn(1, 4), keep=None)
+    assert "arch" not in written and _files(tmp_path / "out") == {"model.pt", "model.plan.json", "model.onnx"}
+    assert json.loads(written["plan"].read_text())["arch"] == "torch.nn:Linear"
 
 
 def test_compose_keep_counts_second_indices_among_first_survivors():

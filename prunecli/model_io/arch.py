@@ -5,8 +5,12 @@ A state_dict holds only tensors; the arch is the code that builds the module the
     resolve_arch("archs.py:DigitsCNN", base_dir=Path("/proj"))   # "/proj/archs.py:DigitsCNN"
     build_module("/proj/archs.py:DigitsCNN", {"width": 8}, base_dir=Path("/proj"))
 
-File paths are relative to ``base_dir`` (the pipeline file's folder); the file is imported
-under a module name unique to its absolute path.
+File paths are relative to ``base_dir`` (the pipeline file's folder, or a plan file's folder
+for the arch saved in it); the file is imported under a module name unique to its absolute path.
+``portable_arch`` copies an arch file into an output folder, so the folder can be moved::
+
+    portable_arch("/proj/archs.py:DigitsCNN", out_dir=Path("out"))
+    # ("archs.py:DigitsCNN", {"arch": Path("out/archs.py")})
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 from prunecli.errors import InputError
+from prunecli.model_io.atomic import atomic_write_bytes
 
 if TYPE_CHECKING:
     import torch
@@ -32,6 +37,26 @@ def resolve_arch(arch: str, *, base_dir: Path) -> str:
     if not _is_file_reference(location):
         return arch
     return f"{_resolve_file(location, base_dir=base_dir)}:{name}"
+
+
+def portable_arch(arch: str, *, out_dir: Path) -> tuple[str, dict[str, Path]]:
+    """The reference to ``arch`` to save in ``out_dir``, and the files written for it.
+
+    A file reference (made absolute by ``resolve_arch``) is copied into ``out_dir`` atomically and
+    named relative to it: the plan saved there replays wherever the folder goes. An importable
+    name (``timm:create_model``, ``pkg.mod:Net``) is returned as it is, and nothing is written.
+    """
+    location, name = arch.rsplit(":", 1)
+    if not _is_file_reference(location):
+        return arch, {}
+    source = Path(location)
+    try:
+        code = source.read_bytes()
+    except OSError as exc:
+        raise InputError(f"cannot copy the model.arch file {source} into the outputs: {exc}; restore it") from exc
+    copy = Path(out_dir) / source.name
+    atomic_write_bytes(copy, code)
+    return f"{source.name}:{name}", {"arch": copy}
 
 
 def build_module(arch: str, kwargs: dict[str, Any], *, base_dir: Path) -> torch.nn.Module:

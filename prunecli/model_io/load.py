@@ -4,6 +4,10 @@ With ``model.format: auto`` the file decides: ``.onnx`` -> onnx, ``.pt2`` -> exp
 ``.pt``/``.pth``/``.bin`` -> state_dict when an arch is known (``model.arch`` or a sibling
 plan.json), else whatever ``torch.load(weights_only=True)`` finds. A pickled module is refused
 unless the user passed ``--trust-pickle``: unpickling runs code from the file.
+
+``load_saved`` (``prunecli.load``) reads back what ``prunecli run`` wrote: an output folder or
+one of its model files, with no pipeline needed. A plan's arch file path is resolved against the
+plan file's folder, so a moved output folder still loads.
 """
 
 from __future__ import annotations
@@ -16,20 +20,22 @@ from prunecli.errors import InputError
 from prunecli.model_io.arch import build_module, resolve_arch
 from prunecli.model_io.loaded import LoadedFormat, LoadedModel
 from prunecli.model_io.onnx_file import check_onnx_file, onnx_input_shape
-from prunecli.model_io.plan_file import plan_path_for, read_plan
+from prunecli.model_io.plan_file import SavedPlan, plan_path_for, read_plan
 
 if TYPE_CHECKING:
+    import onnx
     import torch
 
     from prunecli.config.schema import ModelSpec
 
 TORCH_SUFFIXES = (".pt", ".pth", ".bin")
+SAVED_NAMES = ("model.pt", "model.pt2", "model.onnx")  # what prunecli run writes, in the order load_saved picks
 
 
 def load_model(spec: ModelSpec, *, base_dir: Path, trust_pickle: bool) -> LoadedModel:
     """Load the model ``spec`` names (relative paths against ``base_dir``); torch modules come in eval mode."""
     path = _model_path(spec, base_dir=base_dir)
-    model_format = spec.format if spec.format != "auto" else _detect_format(path, spec=spec)
+    model_format = spec.format if spec.format != "auto" else _detect_format(path, has_arch=spec.arch is not None)
     if model_format == "onnx":
         check_onnx_file(path)
         shape = tuple(spec.input_shape) if spec.input_shape else onnx_input_shape(path)
@@ -37,10 +43,65 @@ def load_model(spec: ModelSpec, *, base_dir: Path, trust_pickle: bool) -> Loaded
             format="onnx", source=path, module=None, onnx_path=path, arch=None, arch_kwargs={}, input_shape=shape
         )
     if model_format == "export":
-        return _load_export(path, spec=spec)
+        module, program = _exported_module(path)
+        shape = _required_shape(spec.input_shape or _exported_input_shape(program), "export")
+        return LoadedModel(
+            format="export", source=path, module=module, onnx_path=None, arch=None, arch_kwargs={}, input_shape=shape
+        )
     if model_format == "pickle":
-        return _load_pickle(path, spec=spec, trust_pickle=trust_pickle)
+        module = _unpickled_module(path, trust_pickle=trust_pickle)
+        shape = _required_shape(spec.input_shape, "pickle")
+        return LoadedModel(
+            format="pickle", source=path, module=module, onnx_path=None, arch=None, arch_kwargs={}, input_shape=shape
+        )
     return _load_state_dict(path, spec=spec, base_dir=base_dir)
+
+
+def load_saved(path: Path, *, trust_pickle: bool) -> torch.nn.Module | onnx.ModelProto:
+    """The model in an output folder of ``prunecli run``, or in a model file given directly.
+
+    A folder's ``model.pt`` is read first (state_dict + ``model.plan.json``, or a pickled module
+    when ``trust_pickle``), then ``model.pt2``; a folder holding only ``model.onnx`` (an ONNX
+    input's output) gives an ``onnx.ModelProto``, as does a ``.onnx`` file. Torch modules come
+    back in eval mode.
+    """
+    model_path = _saved_model_file(Path(path))
+    model_format = _detect_format(model_path, has_arch=False)
+    if model_format == "onnx":
+        import onnx
+
+        check_onnx_file(model_path)
+        return onnx.load(str(model_path))
+    if model_format == "export":
+        return _exported_module(model_path)[0]
+    if model_format == "pickle":
+        return _unpickled_module(model_path, trust_pickle=trust_pickle)
+    plan_path = plan_path_for(model_path)
+    if not plan_path.is_file():
+        raise InputError(
+            f"{model_path} holds weights only and no {plan_path.name} is beside it; keep the plan file "
+            "prunecli wrote with it, or load the weights into your model with load_state_dict"
+        )
+    plan = read_plan(plan_path)
+    state = _state_dict_from(_read_weights_only(model_path), path=model_path)
+    arch = resolve_arch(plan.arch, base_dir=plan_path.parent)
+    return _rebuilt_module(state, arch=arch, kwargs=plan.kwargs, plan=plan, path=model_path)
+
+
+def _saved_model_file(path: Path) -> Path:
+    """The model file of an output folder, or ``path`` itself when it is a model file."""
+    if path.is_dir():
+        found = next((path / name for name in SAVED_NAMES if (path / name).is_file()), None)
+        if found is None:
+            raise InputError(
+                f"{path} holds no {', '.join(SAVED_NAMES)}; pass an output folder of prunecli run or a model file"
+            )
+        return found.resolve()
+    if not path.is_file():
+        raise InputError(f"{path} does not exist; pass an output folder of prunecli run or a model file in it")
+    if path.suffix.lower() not in (*TORCH_SUFFIXES, ".pt2", ".onnx"):
+        raise InputError(f"{path.name} is not a model file; pass model.pt, model.pt2 or model.onnx, or their folder")
+    return path.resolve()
 
 
 def _model_path(spec: ModelSpec, *, base_dir: Path) -> Path:
@@ -52,7 +113,7 @@ def _model_path(spec: ModelSpec, *, base_dir: Path) -> Path:
     return path.resolve()
 
 
-def _detect_format(path: Path, *, spec: ModelSpec) -> LoadedFormat:
+def _detect_format(path: Path, *, has_arch: bool) -> LoadedFormat:
     suffix = path.suffix.lower()
     if suffix == ".onnx":
         return "onnx"
@@ -63,35 +124,45 @@ def _detect_format(path: Path, *, spec: ModelSpec) -> LoadedFormat:
             f"cannot tell the format of {path.name} from its suffix; "
             "set model.format to state_dict, pickle, export or onnx"
         )
-    if spec.arch is not None or plan_path_for(path).is_file():
+    if has_arch or plan_path_for(path).is_file():
         return "state_dict"
     return "pickle" if _unsafe_globals(path) else "state_dict"
 
 
 def _load_state_dict(path: Path, *, spec: ModelSpec, base_dir: Path) -> LoadedModel:
+    """Weights into ``model.arch`` (against ``base_dir``) or else the sibling plan's arch (against its folder)."""
     plan_path = plan_path_for(path)
     plan = read_plan(plan_path) if plan_path.is_file() else None
     state = _state_dict_from(_read_weights_only(path), path=path)
-    if spec.arch is None and plan is None:
+    if spec.arch is not None:
+        arch, kwargs = resolve_arch(spec.arch, base_dir=base_dir), spec.kwargs
+    elif plan is not None:
+        arch, kwargs = resolve_arch(plan.arch, base_dir=plan_path.parent), plan.kwargs
+    else:
         raise InputError("model.arch is required to load a state_dict: set model.arch to 'module:Callable'")
-    arch, kwargs = (spec.arch, spec.kwargs) if spec.arch is not None else (plan.arch, plan.kwargs)
-    arch = resolve_arch(arch, base_dir=base_dir)
-    module = build_module(arch, kwargs, base_dir=base_dir)
-    keep = plan.keep if plan is not None else {}
-    attributes = plan.attributes if plan is not None else {}
-    if keep or attributes:
-        from prunecli.surgery import apply_keep
-
-        apply_keep(module, keep, attributes=attributes)
-    _load_weights(module, state, path=path, arch=arch)
+    module = _rebuilt_module(state, arch=arch, kwargs=kwargs, plan=plan, path=path)
     shape = _required_shape(spec.input_shape or (plan.input_shape if plan else None), "state_dict")
     return LoadedModel(
-        format="state_dict", source=path, module=module.eval(), onnx_path=None, arch=arch, arch_kwargs=dict(kwargs),
-        input_shape=shape, keep=keep, attributes=attributes,
-    )
+        format="state_dict", source=path, module=module, onnx_path=None, arch=arch, arch_kwargs=dict(kwargs),
+        input_shape=shape, keep=plan.keep if plan else {}, attributes=plan.attributes if plan else {},
+    )  # fmt: skip
 
 
-def _load_pickle(path: Path, *, spec: ModelSpec, trust_pickle: bool) -> LoadedModel:
+def _rebuilt_module(
+    state: dict[str, torch.Tensor], *, arch: str, kwargs: dict[str, Any], plan: SavedPlan | None, path: Path
+) -> torch.nn.Module:
+    """Build ``arch`` (already resolved), replay ``plan``'s kept channels, load ``state``; eval mode."""
+    module = build_module(arch, kwargs, base_dir=path.parent)
+    if plan is not None and (plan.keep or plan.attributes):
+        from prunecli.surgery import apply_keep
+
+        apply_keep(module, plan.keep, attributes=plan.attributes)
+    _load_weights(module, state, path=path, arch=arch)
+    return module.eval()
+
+
+def _unpickled_module(path: Path, *, trust_pickle: bool) -> torch.nn.Module:
+    """The module pickled in ``path``, in eval mode; refused unless ``trust_pickle``."""
     import torch
 
     if not trust_pickle:
@@ -103,13 +174,11 @@ def _load_pickle(path: Path, *, spec: ModelSpec, trust_pickle: bool) -> LoadedMo
         raise InputError(f"cannot unpickle {path}: {reason}; the classes it holds must be importable") from exc
     if not isinstance(module, torch.nn.Module):
         raise InputError(f"{path} holds a {type(module).__name__}, not a torch.nn.Module; save the module itself")
-    shape = _required_shape(spec.input_shape, "pickle")
-    return LoadedModel(
-        format="pickle", source=path, module=module.eval(), onnx_path=None, arch=None, arch_kwargs={}, input_shape=shape
-    )
+    return module.eval()
 
 
-def _load_export(path: Path, *, spec: ModelSpec) -> LoadedModel:
+def _exported_module(path: Path) -> tuple[torch.nn.Module, torch.export.ExportedProgram]:
+    """The ``.pt2`` program in ``path`` as a module (eval mode, any batch size), and the program."""
     import torch
 
     try:
@@ -123,10 +192,7 @@ def _load_export(path: Path, *, spec: ModelSpec) -> LoadedModel:
         module = program.module()
     _allow_mode_switch(module)
     _drop_input_shape_check(module)
-    shape = _required_shape(spec.input_shape or _exported_input_shape(program), "export")
-    return LoadedModel(
-        format="export", source=path, module=module.eval(), onnx_path=None, arch=None, arch_kwargs={}, input_shape=shape
-    )
+    return module.eval(), program
 
 
 def _drop_input_shape_check(module: torch.nn.Module) -> None:
@@ -194,8 +260,8 @@ def _unsafe_globals(path: Path) -> list[str]:
 def _pickle_refusal(path: Path, unsafe: list[str]) -> str:
     detail = f" ({unsafe[0]}{', ...' if len(unsafe) > 1 else ''})" if unsafe else ""
     return (
-        f"{path} is a pickled module{detail}: unpickling runs code from the file; pass --trust-pickle if you "
-        "trust it, or save a state_dict and set model.arch"
+        f"{path} is a pickled module{detail}: unpickling runs code from the file; pass --trust-pickle "
+        "(trust_pickle=True in Python) if you trust it, or save a state_dict and set model.arch"
     )
 
 

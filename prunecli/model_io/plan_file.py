@@ -3,10 +3,13 @@
 Saved beside ``model.pt``; on load the arch is built, the kept channels are sliced out
 (``prunecli.surgery.apply_keep``) and only then the weights are loaded::
 
-    {"version": 1, "arch": "/proj/archs.py:DigitsCNN", "kwargs": {}, "input_shape": [1, 1, 8, 8],
+    {"version": 1, "arch": "archs.py:DigitsCNN", "kwargs": {}, "input_shape": [1, 1, 8, 8],
      "keep": {"conv1.weight": {"0": [0, 2, 5]}, "conv1.bias": {"0": [0, 2, 5]}, ...},
      "attributes": {"blocks.0.attn": {"num_heads": 2}}}
 
+A file path in ``arch`` is relative to the plan file's folder: ``save_model`` copies the arch file
+there (``arch.portable_arch``), so an output folder can be moved. Older plans hold an absolute
+path, which still loads; an importable ``arch`` (``timm:create_model``) is saved as it is.
 ``keep`` maps a tensor name to dim -> kept indices, always relative to the unpruned arch;
 ``attributes`` holds the new values of int attributes the model's code sizes tensors with.
 """
