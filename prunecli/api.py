@@ -23,6 +23,8 @@ if TYPE_CHECKING:
     import onnx
     import torch
 
+    from prunecli.pipeline.options import RunResult
+
 PathLike = str | os.PathLike[str]
 DEVICES = ("cpu", "cuda")
 
@@ -49,6 +51,7 @@ def run(
     set: Sequence[str] | Mapping[str, Any] | None = None,  # named like the CLI's --set (shadows the builtin here)
     device: str | None = None,
     seed: int | None = None,
+    threads: int | None = None,
     trust_pickle: bool = False,
 ) -> dict[str, Any]:
     """Run the pipeline file ``pipeline`` as ``prunecli run`` does; returns the report (as in report.json).
@@ -56,9 +59,29 @@ def run(
     The keywords mirror the CLI's options: ``model``/``data`` replace the pipeline's paths
     (relative to the current folder), ``output`` is the output folder (default
     ``out/<pipeline file stem>``), ``set`` overrides values (``["steps.1.ratio=0.3"]`` or
-    ``{"steps.1.ratio": 0.3}``), ``device`` (``cpu`` or ``cuda``) and ``seed`` replace the
-    pipeline's, ``trust_pickle`` allows a pickled model. Gates do not raise: see ``report["gates"]``.
+    ``{"steps.1.ratio": 0.3}``), ``device`` (``cpu`` or ``cuda``), ``seed`` and ``threads`` replace
+    the pipeline's, ``trust_pickle`` allows a pickled model. Gates do not raise: see ``report["gates"]``.
     """
+    return run_file(
+        pipeline, model=model, data=data, output=output, set=set, device=device, seed=seed, threads=threads,
+        trust_pickle=trust_pickle,
+    ).report  # fmt: skip
+
+
+def run_file(
+    pipeline: PathLike,
+    *,
+    model: PathLike | None,
+    data: PathLike | None,
+    output: PathLike | None,
+    set: Sequence[str] | Mapping[str, Any] | None,
+    device: str | None,
+    seed: int | None,
+    threads: int | None,
+    trust_pickle: bool,
+    progress: bool = False,
+) -> RunResult:
+    """``run`` returning the whole ``RunResult`` (report, gates verdict, written paths, module); the CLI's path."""
     from prunecli.config.loading import apply_cli_overrides, load_pipeline
     from prunecli.pipeline.options import RunOptions
     from prunecli.pipeline.runner import run_pipeline
@@ -73,9 +96,12 @@ def run(
         base_dir=pipeline_path.absolute().parent,
         device=device,
         seed=seed,
+        threads=threads,
+        pipeline_file=pipeline_path.absolute(),
         trust_pickle=trust_pickle,
+        progress=progress,
     )
-    return run_pipeline(loaded, options=options).report
+    return run_pipeline(loaded, options=options)
 
 
 def _override_strings(overrides: Sequence[str] | Mapping[str, Any] | None) -> list[str]:

@@ -21,6 +21,10 @@ class UnsupportedModelError(InputError):
     """The model cannot be loaded, traced or pruned as asked. Exit code 2."""
 
 
+class OnnxExportError(UnsupportedModelError):
+    """Neither ONNX exporter could export the model. Runs go on without the ONNX outputs; exit code 2 elsewhere."""
+
+
 class InternalError(PruneCliError):
     """A bug in prunecli, e.g. a surgery whose output does not match the masked original. Exit code 3."""
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 import types
@@ -19,16 +20,17 @@ from prunecli.cli.errors import error_boundary
 from prunecli.cli.options import DebugOption
 from prunecli.errors import InputError
 from prunecli.pipeline.options import RunOptions, RunResult
+from tests.conftest import SAMPLES
 
-PIPELINE = """\
+PIPELINE = f"""\
 version: 1
-model: {path: model.pt, input_shape: [1, 1, 8, 8]}
-data: {format: npz, eval: val.npz}
+model: {{path: model.pt, arch: {SAMPLES}/archs.py:DigitsCNN, input_shape: [1, 1, 8, 8]}}
+data: {{format: npz, eval: val.npz}}
 steps:
-  - {kind: score, criterion: l2}
-  - {kind: select, ratio: 0.5, scope: global}
-  - {kind: prune}
-gates: {min_speedup: 1.5}
+  - {{kind: score, criterion: l2}}
+  - {{kind: select, ratio: 0.5, scope: global}}
+  - {{kind: prune}}
+gates: {{min_speedup: 1.5}}
 """
 
 
@@ -36,8 +38,8 @@ gates: {min_speedup: 1.5}
 def pipeline_file(tmp_path: Path) -> Path:
     path = tmp_path / "digits.yaml"
     path.write_text(PIPELINE, encoding="utf-8")
-    (tmp_path / "model.pt").touch()
-    (tmp_path / "val.npz").touch()
+    shutil.copy(SAMPLES / "digits_cnn.pt", tmp_path / "model.pt")
+    shutil.copy(SAMPLES / "digits_val.npz", tmp_path / "val.npz")
     return path
 
 
@@ -109,9 +111,10 @@ def test_wrong_type(pipeline_file: Path) -> None:
 
 
 def test_validate_checks_referenced_files(pipeline_file: Path) -> None:
-    (pipeline_file.parent / "val.npz").unlink()
+    moved = pipeline_file.parent / "moved.npz"
+    (pipeline_file.parent / "val.npz").rename(moved)
     assert_one_line_error(invoke("validate", pipeline_file), exit_code=2, contains="data.eval:")
-    assert invoke("validate", pipeline_file, "--data", pipeline_file.parent / "model.pt").exit_code == 0
+    assert invoke("validate", pipeline_file, "--data", moved).exit_code == 0
 
 
 def test_schema_outputs_json(tmp_path: Path) -> None:

@@ -155,7 +155,7 @@ def _error_line(result: object) -> str:
     [
         (lambda t: t.replace("criterion: l2", "critrion: l2"), "did you mean 'criterion'"),
         (lambda t: t.replace("ratio: 0.5", "ratio: half"), "steps.1.ratio"),
-        (lambda t: t.replace("digits_cnn.pt", "missing.pt"), "not found"),
+        (lambda t: t.replace("digits_cnn.pt", "missing.pt"), "does not exist"),
         (lambda t: t.replace("[1, 1, 8, 8]", "[1, 3, 32, 32]"), "shape"),
         (lambda t: t.replace("digits_cnn.pt", "digits_cnn.onnx").replace(", arch: SAMPLES/archs.py:DigitsCNN", ""),
          "ONNX"),

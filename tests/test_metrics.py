@@ -15,7 +15,9 @@ from prunecli.config.schema import LatencySpec
 from prunecli.data.dataset import Split
 from prunecli.errors import InputError, UnsupportedModelError
 from prunecli.metrics.accuracy import Evaluation, evaluate_onnx, evaluate_torch
-from prunecli.metrics.latency import Latency, measure_onnx_latency, measure_torch_latency
+from prunecli.metrics import interleave
+from prunecli.metrics.interleave import median_interval, speedup, time_interleaved
+from prunecli.metrics.latency import Latency, measure_onnx_latencies, measure_torch_latencies
 from prunecli.metrics.macs import count_macs, onnx_macs
 from prunecli.metrics.size import count_params, onnx_params, serialized_size, size_bytes
 from prunecli.model_io import export_onnx
@@ -106,23 +108,29 @@ def _spec(**fields) -> LatencySpec:
     return LatencySpec(**({"warmup": 1, "repeats": 5} | fields))
 
 
-def test_torch_latency_fields_and_threads_restored(model):
+def test_torch_latencies_fields_speedup_and_threads_restored(model):
     threads_before = torch.get_num_threads()
-    latency = measure_torch_latency(model, torch.randn(1, 3, 16, 16), spec=_spec(threads=1, batch_size=3), device="cpu")
+    spec = _spec(batch_size=3, repeats=8)
+    latencies = measure_torch_latencies({"a": model, "b": model}, torch.randn(1, 3, 16, 16), spec=spec,
+                                        device="cpu", threads=1, baseline="a")  # fmt: skip
+    latency = latencies["b"]
     assert isinstance(latency, Latency)
     assert 0 < latency.p50_ms <= latency.p90_ms < 10_000
-    assert (latency.backend, latency.device, latency.threads, latency.batch_size) == ("torch", "cpu", 1, 3)
+    assert (latency.backend, latency.device, latency.threads, latency.batch_size, latency.rounds) == (
+        "torch", "cpu", 1, 3, 8)  # fmt: skip
     assert torch.get_num_threads() == threads_before
-    assert latency.to_dict() == {"p50": latency.p50_ms, "p90": latency.p90_ms, "backend": "torch", "device": "cpu",
-                                 "threads": 1, "batch_size": 3}
+    assert latencies["a"].speedup is None and latency.speedup.low <= latency.speedup.median <= latency.speedup.high
+    record = latency.to_dict()
+    assert set(record) == {"p50", "p90", "spread", "backend", "device", "threads", "batch_size", "rounds", "speedup"}
+    assert set(record["speedup"]) == {"median", "low", "high", "rounds", "stable"}
 
 
-def test_onnx_latency_fields(onnx_path):
+def test_onnx_latencies_fields(onnx_path):
     example = np.zeros((1, 3, 16, 16), np.float32)
-    latency = measure_onnx_latency(onnx_path, example, spec=_spec(batch_size=2), device="cpu")
+    latency = measure_onnx_latencies({"m": onnx_path}, example, spec=_spec(batch_size=2), device="cpu", threads=1,
+                                     baseline=None)["m"]  # fmt: skip
     assert 0 < latency.p50_ms <= latency.p90_ms < 10_000
-    assert (latency.backend, latency.device, latency.batch_size) == ("onnxruntime", "cpu", 2)
-    assert latency.threads == torch.get_num_threads()  # both backends on the same thread count
+    assert (latency.backend, latency.device, latency.batch_size, latency.threads) == ("onnxruntime", "cpu", 2, 1)
 
 
 def test_cuda_latency_without_a_gpu_is_an_input_error(model, onnx_path):
@@ -130,15 +138,43 @@ def test_cuda_latency_without_a_gpu_is_an_input_error(model, onnx_path):
 
     if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
         with pytest.raises(InputError, match="CUDAExecutionProvider"):
-            measure_onnx_latency(onnx_path, np.zeros((1, 3, 16, 16), np.float32), spec=_spec(), device="cuda")
+            measure_onnx_latencies({"m": onnx_path}, np.zeros((1, 3, 16, 16), np.float32), spec=_spec(),
+                                   device="cuda", threads=1, baseline=None)  # fmt: skip
     if not torch.cuda.is_available():
         with pytest.raises(InputError, match="--device cpu"):
-            measure_torch_latency(model, torch.randn(1, 3, 16, 16), spec=_spec(), device="cuda")
+            measure_torch_latencies({"m": model}, torch.randn(1, 3, 16, 16), spec=_spec(), device="cuda", threads=1,
+                                    baseline=None)  # fmt: skip
 
 
 def test_onnx_latency_with_a_wrong_input_shape_is_an_input_error(onnx_path):
     with pytest.raises(InputError, match="cannot run the model on inputs of shape"):
-        measure_onnx_latency(onnx_path, np.zeros((1, 3, 9, 9, 1), np.float32), spec=_spec(), device="cpu")
+        measure_onnx_latencies({"m": onnx_path}, np.zeros((1, 3, 9, 9, 1), np.float32), spec=_spec(), device="cpu",
+                               threads=1, baseline=None)  # fmt: skip
+
+
+def test_median_interval_uses_binomial_order_statistics():
+    values = list(range(1, 31))  # x_(i) = i
+    assert median_interval(values) == (10.0, 21.0, True)  # n = 30: [x_(10), x_(21)]
+    assert median_interval([3.0, 1.0, 2.0]) == (1.0, 3.0, False)  # too few rounds for a 95 % interval
+
+
+def test_speedup_is_the_median_of_per_round_ratios_and_flags_wide_intervals():
+    baseline = [2.0] * 30
+    steady = speedup(baseline, [1.0] * 30, max_interval_width=0.2)
+    assert (steady.median, steady.low, steady.high, steady.stable) == (2.0, 2.0, 2.0, True)
+    noisy = speedup(baseline, [1.0, 2.0] * 15, max_interval_width=0.2)
+    assert noisy.low == 1.0 and noisy.high == 2.0 and not noisy.stable
+    # A machine that slows down for half the rounds slows both models in those rounds: the ratio holds.
+    slow_half = [4.0] * 15 + [2.0] * 15
+    assert speedup(slow_half, [t / 2 for t in slow_half], max_interval_width=0.2).median == 2.0
+
+
+def test_time_interleaved_alternates_the_order_of_models(monkeypatch):
+    monkeypatch.setattr(interleave, "MIN_ROUND_MS", 0.0)  # one call per timing
+    calls: list[str] = []
+    times = time_interleaved({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, warmup=0, rounds=2)
+    assert calls[-4:] == ["a", "b", "b", "a"]  # round 0 in order, round 1 reversed
+    assert {name: len(values) for name, values in times.items()} == {"a": 2, "b": 2}
 
 
 # --- accuracy --------------------------------------------------------------------------------

@@ -14,11 +14,17 @@ from prunecli.report.render import gates_table, report_markdown, report_table
 from prunecli.report.write import write_report
 
 
-def stage(*, params: int, macs: int, size_bytes: int, p50: float, accuracy: float | None) -> dict[str, Any]:
+def stage(
+    *, params: int, macs: int, size_bytes: int, p50: float, accuracy: float | None, speedup: float | None = None
+) -> dict[str, Any]:
+    interval = None if speedup is None else {"median": speedup, "low": speedup * 0.95, "high": speedup * 1.05,
+                                             "rounds": 30, "stable": True}  # fmt: skip
     latencies = [
-        {"backend": "torch", "device": "cpu", "p50": p50, "p90": p50 * 1.5, "threads": 2, "batch_size": 1},
-        {"backend": "onnxruntime", "device": "cpu", "p50": p50 / 2, "p90": p50, "threads": 2, "batch_size": 1},
-    ]
+        {"backend": "torch", "device": "cpu", "p50": p50, "p90": p50 * 1.5, "threads": 2, "batch_size": 1,
+         "speedup": interval},
+        {"backend": "onnxruntime", "device": "cpu", "p50": p50 / 2, "p90": p50, "threads": 2, "batch_size": 1,
+         "speedup": interval and {**interval, "low": speedup * 0.7, "stable": False}},
+    ]  # fmt: skip
     return {
         "params": params,
         "macs": macs,
@@ -34,8 +40,8 @@ def stage(*, params: int, macs: int, size_bytes: int, p50: float, accuracy: floa
 SAMPLE: dict[str, Any] = {
     "stages": ["original", "pruned", "finetuned"],
     "original": stage(params=120000, macs=4000000, size_bytes=2 * 1024 * 1024, p50=0.8, accuracy=0.975),
-    "pruned": stage(params=60000, macs=2000000, size_bytes=1024 * 1024, p50=0.5, accuracy=0.9),
-    "finetuned": stage(params=60000, macs=2000000, size_bytes=1024 * 1024, p50=0.4, accuracy=0.965),
+    "pruned": stage(params=60000, macs=2000000, size_bytes=1024 * 1024, p50=0.5, accuracy=0.9, speedup=1.6),
+    "finetuned": stage(params=60000, macs=2000000, size_bytes=1024 * 1024, p50=0.4, accuracy=0.965, speedup=2.0),
     "verification": {"max_abs_diff": 3.5e-07, "passed": True, "tolerance": 1e-4},
     "gates": {
         "max_accuracy_drop": {"value": 0.01, "limit": 0.02, "passed": True},
@@ -67,7 +73,11 @@ def test_report_table_has_one_column_per_stage_and_change() -> None:
     assert "120,000" in text and "60,000" in text and "4.00M" in text and "-50.0%" in text
     assert "2.00 MiB" in text and "2,097,152" in text
     assert "p50 ms torch/cpu" in text and "p90 ms onnxruntime/cpu" in text
-    assert "0.800" in text and "-50.0% (2x)" in text
+    assert "0.800" in text and "-50.0%" in text
+    speedups = next(line for line in text.splitlines() if "speed-up torch/cpu" in line)
+    assert "baseline" in speedups and "1.60x (1.52-1.68)" in speedups and "2.00x (1.90-2.10)" in speedups
+    assert "unstable" not in speedups
+    assert "2.00x (1.40-2.10) unstable" in text  # the ONNX Runtime interval is too wide
     assert "97.50%" in text and "-1.00 pts" in text
     assert "top-5" not in text  # no stage measured it
 

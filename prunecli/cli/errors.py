@@ -2,8 +2,8 @@
 
 Known errors (:class:`~prunecli.errors.PruneCliError`) become ``error: <message>`` on one
 stderr line and their ``exit_code`` (2 for bad input); any other exception is a bug: one
-``internal error: ...`` line and exit 3. ``--debug`` adds the traceback in both cases.
-Ctrl-C exits 130.
+``internal error: ...`` line and exit 3. ``--debug`` adds the traceback in both cases, and
+lets third-party warnings and logs through (see ``quiet``). Ctrl-C exits 130.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from typing import Any
 
 import typer
 
+from prunecli.cli.quiet import quiet_libraries
 from prunecli.errors import PruneCliError
 
 INTERRUPTED_EXIT_CODE = 130
@@ -33,7 +34,8 @@ def error_boundary(command: Command) -> Callable[..., None]:
     def guarded(*args: Any, **kwargs: Any) -> None:
         debug = bool(kwargs.get("debug", False))
         try:
-            exit_code = command(*args, **kwargs)
+            with quiet_libraries(enabled=not debug):
+                exit_code = command(*args, **kwargs)
         except typer.Exit:
             raise
         except PruneCliError as exc:

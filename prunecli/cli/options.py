@@ -41,3 +41,10 @@ TrustPickleOption = Annotated[
     bool,
     typer.Option("--trust-pickle", help="Allow loading a pickled model: it can run code, so only for files you trust."),
 ]
+ThreadsOption = Annotated[
+    int | None,
+    typer.Option(
+        "--threads", min=1, help="Intra-op threads for all torch/ONNX Runtime work; overrides the pipeline's.",
+        show_default=False,
+    ),
+]

@@ -17,6 +17,7 @@ from prunecli.cli.options import (
     ModelOption,
     PipelineArgument,
     SetOption,
+    ThreadsOption,
     TrustPickleOption,
 )
 
@@ -43,27 +44,19 @@ def run(
     seed: Annotated[
         int | None, typer.Option("--seed", help="Overrides the pipeline's seed.", show_default=False)
     ] = None,
+    threads: ThreadsOption = None,
     json_output: JsonOption = False,
     trust_pickle: TrustPickleOption = False,
     debug: DebugOption = False,
 ) -> int:
     """Run a pipeline: prune, fine-tune, measure; write the model and report.json/report.md."""
-    from prunecli.config.loading import apply_cli_overrides, load_pipeline
-    from prunecli.pipeline.options import RunOptions
+    from prunecli.api import run_file
 
-    loaded = apply_cli_overrides(load_pipeline(pipeline, overrides=overrides or ()), model=model, data=data)
     output_dir = output if output is not None else Path("out") / pipeline.stem
-    options = RunOptions(
-        output_dir=output_dir,
-        base_dir=pipeline.absolute().parent,
-        device=device,
-        seed=seed,
-        trust_pickle=trust_pickle,
-        progress=sys.stderr.isatty() and not json_output,
-    )
-    from prunecli.pipeline.runner import run_pipeline
-
-    result = run_pipeline(loaded, options=options)
+    result = run_file(
+        pipeline, model=model, data=data, output=output_dir, set=overrides or (), device=device, seed=seed,
+        threads=threads, trust_pickle=trust_pickle, progress=sys.stderr.isatty() and not json_output,
+    )  # fmt: skip
     if json_output:
         typer.echo(json.dumps(result.report))
     else:

@@ -1,4 +1,9 @@
-"""``prunecli validate``: check a pipeline and the files it names without loading any weights."""
+"""``prunecli validate``: every check ``run`` makes before it starts work, and nothing more.
+
+The same function as ``run``'s pre-run check (``prunecli.pipeline.checks``): schema, step order,
+files, capabilities of the model format, data splits the steps need, then the model and data
+are read (nothing runs) to check ``ignore`` names, ``min_channels`` and input shapes.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +15,15 @@ from typing import TYPE_CHECKING
 import typer
 
 from prunecli.cli.errors import error_boundary
-from prunecli.cli.options import DataOption, DebugOption, JsonOption, ModelOption, PipelineArgument, SetOption
+from prunecli.cli.options import (
+    DataOption,
+    DebugOption,
+    JsonOption,
+    ModelOption,
+    PipelineArgument,
+    SetOption,
+    TrustPickleOption,
+)
 from prunecli.errors import InputError
 
 if TYPE_CHECKING:
@@ -24,11 +37,12 @@ def validate(
     model: ModelOption = None,
     data: DataOption = None,
     json_output: JsonOption = False,
+    trust_pickle: TrustPickleOption = False,
     debug: DebugOption = False,
 ) -> None:
-    """Validate a pipeline (schema, names, step order) and check that the files it names exist."""
+    """Check a pipeline as run would before any work: schema, files, steps against model and data."""
     try:
-        steps = _validated_steps(pipeline, overrides=overrides or (), model=model, data=data)
+        steps = _validated_steps(pipeline, overrides=overrides or (), model=model, data=data, trust_pickle=trust_pickle)
     except InputError as exc:
         if json_output:
             typer.echo(json.dumps({"ok": False, "error": str(exc)}))
@@ -40,13 +54,16 @@ def validate(
 
 
 def _validated_steps(
-    path: Path, *, overrides: Sequence[str], model: Path | None, data: Path | None
+    path: Path, *, overrides: Sequence[str], model: Path | None, data: Path | None, trust_pickle: bool
 ) -> list[str]:
-    from prunecli.config.loading import apply_cli_overrides, check_referenced_files, load_pipeline
+    from prunecli.config.loading import apply_cli_overrides, load_pipeline
+    from prunecli.pipeline.checks import check_pipeline, prepare
 
     loaded = apply_cli_overrides(load_pipeline(path, overrides=overrides), model=model, data=data)
+    base_dir = path.absolute().parent
     try:
-        check_referenced_files(loaded, base_dir=path.absolute().parent)
+        check_pipeline(loaded, base_dir=base_dir)
+        prepare(loaded, base_dir=base_dir, trust_pickle=trust_pickle)
     except InputError as exc:
         raise InputError(f"{path}: {exc}") from None
     return _describe_steps(loaded)

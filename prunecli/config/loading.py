@@ -25,6 +25,7 @@ from pydantic import BaseModel, ValidationError
 
 from prunecli.config.schema import Pipeline
 from prunecli.errors import InputError
+from prunecli.model_io.plan_file import plan_path_for
 
 _DATA_FORMAT_BY_SUFFIX = {".npz": "npz", ".pt": "pt", ".pth": "pt", ".csv": "csv"}
 
@@ -94,14 +95,26 @@ def check_referenced_files(pipeline: Pipeline, *, base_dir: Path) -> None:
 
     Relative paths are taken against ``base_dir`` (the pipeline file's folder).
     """
-    named = {"model.path": pipeline.model.path, "data.train": pipeline.data.train, "data.eval": pipeline.data.eval}
-    arch_file = _arch_file(pipeline.model.arch)
-    if arch_file is not None:
-        named["model.arch"] = arch_file
-    for key, path in named.items():
-        if path is not None and not (base_dir / path).exists():
+    for key, path in _referenced_files(pipeline).items():
+        if not (base_dir / path).exists():
             relative = "" if path.is_absolute() else f" (relative paths start at {base_dir})"
             raise InputError(f"{key}: {base_dir / path} does not exist; fix the path{relative}")
+
+
+def input_files(pipeline: Pipeline, *, base_dir: Path) -> list[Path]:
+    """Absolute paths of the files and folders a run reads: model (and its plan.json), arch file, data."""
+    paths = [(base_dir / path).absolute() for path in _referenced_files(pipeline).values()]
+    model = pipeline.model.path
+    if model is not None:
+        paths.append(plan_path_for((base_dir / model).absolute()))
+    return paths
+
+
+def _referenced_files(pipeline: Pipeline) -> dict[str, Path]:
+    """The paths the pipeline names, by key, as written (relative to the pipeline's folder or absolute)."""
+    named = {"model.path": pipeline.model.path, "data.train": pipeline.data.train, "data.eval": pipeline.data.eval}
+    named["model.arch"] = _arch_file(pipeline.model.arch)
+    return {key: path for key, path in named.items() if path is not None}
 
 
 def describe_validation_error(exc: ValidationError) -> str:

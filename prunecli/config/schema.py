@@ -155,13 +155,23 @@ Step = Annotated[
 
 
 class LatencySpec(StrictModel):
-    """How latency is measured: warm-up runs, then ``repeats`` timed runs; p50 and p90 reported."""
+    """How latency is measured: every stage's model timed interleaved with the original's, in rounds.
 
-    warmup: int = Field(default=5, ge=0)
-    repeats: PositiveInt = 30
+    Each round times every model once (a few calls for sub-millisecond models); p50/p90 are over
+    rounds, and a stage's speed-up is the median of its per-round ratios to the original, with a
+    95 % interval. An interval wider than ``max_interval_width`` of its median is reported unstable.
+    """
+
+    warmup: int = Field(default=5, ge=0, description="Untimed calls per model before the rounds.")
+    repeats: PositiveInt = Field(default=30, description="Timed rounds; at least 6 give a speed-up interval.")
     batch_size: PositiveInt = 1
-    threads: PositiveInt | None = Field(default=None, description="torch/ORT intra-op threads; default: torch's.")
+    threads: PositiveInt | None = Field(
+        default=None, description="Intra-op threads while measuring latency (torch and ONNX Runtime); default: threads."
+    )
     backends: list[Literal["torch", "onnxruntime"]] = Field(default_factory=lambda: ["torch", "onnxruntime"])
+    max_interval_width: float = Field(
+        default=0.2, gt=0, description="A speed-up interval wider than this fraction of its median is unstable."
+    )
 
 
 class Gates(StrictModel):
@@ -170,7 +180,11 @@ class Gates(StrictModel):
     max_accuracy_drop: float | None = Field(default=None, ge=0, description="Fraction, e.g. 0.01 for one point.")
     min_macs_reduction: float | None = Field(default=None, ge=0, lt=1, description="Fraction of MACs removed.")
     min_params_reduction: float | None = Field(default=None, ge=0, lt=1, description="Fraction of params removed.")
-    min_speedup: float | None = Field(default=None, gt=0, description="original p50 / final p50, first backend.")
+    min_speedup: float | None = Field(
+        default=None, gt=0,
+        description="Speed-up of the final stage over the original (first latency backend); passes only when "
+        "the low end of its 95 % interval reaches the limit, so noise can fail it but never pass it.",
+    )
 
 
 class Pipeline(StrictModel):
@@ -184,6 +198,11 @@ class Pipeline(StrictModel):
     gates: Gates = Field(default_factory=Gates)
     seed: int = 0
     device: Device = "cpu"
+    threads: PositiveInt = Field(
+        default=1,
+        description="Intra-op threads for all torch and ONNX Runtime work (tracing, fine-tuning, measuring). "
+        "1 keeps figures stable on shared machines; raise it on a machine of your own.",
+    )
 
     @model_validator(mode="after")
     def _steps_in_order(self) -> "Pipeline":
@@ -195,4 +214,23 @@ class Pipeline(StrictModel):
             if step.kind == "prune" and "prune" in seen:
                 raise ValueError(f"steps.{index}: only one 'prune' step is allowed")
             seen.append(step.kind)
+        _check_stage_names(self.steps)
         return self
+
+
+# Stages the runner names itself, and the report's other top-level keys: an evaluate step can't use them.
+RESERVED_STAGE_NAMES = frozenset({
+    "original", "pruned", "finetuned", "stages", "verification", "gates", "groups", "prunability", "model",
+    "outputs", "seed", "device", "threads", "timings_s", "prunecli_version",
+})  # fmt: skip
+
+
+def _check_stage_names(steps: list[Any]) -> None:
+    names: list[str] = []
+    for index, step in enumerate(steps):
+        if step.kind != "evaluate":
+            continue
+        if step.name in RESERVED_STAGE_NAMES or step.name in names:
+            taken = "is another evaluate step's name" if step.name in names else "is taken by the report"
+            raise ValueError(f"steps.{index}.name: '{step.name}' {taken}; give this evaluate step another name")
+        names.append(step.name)

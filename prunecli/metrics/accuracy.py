@@ -46,9 +46,9 @@ def evaluate_torch(module: torch.nn.Module, split: Split, *, batch_size: int, de
         return _evaluation(scored)
 
 
-def evaluate_onnx(onnx_path: Path, split: Split, *, batch_size: int) -> Evaluation:
+def evaluate_onnx(onnx_path: Path, split: Split, *, batch_size: int, threads: int | None = None) -> Evaluation:
     """Evaluate the ONNX model at ``onnx_path`` with ONNX Runtime on the CPU."""
-    session = open_session(onnx_path, device="cpu", threads=None)
+    session = open_session(onnx_path, device="cpu", threads=threads)
     scored = (
         (torch.from_numpy(np.asarray(run_session(session, inputs.numpy())[0], dtype=np.float32)), labels)
         for inputs, labels in batches(split, batch_size=batch_size)

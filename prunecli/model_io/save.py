@@ -13,12 +13,15 @@ An ONNX input, pruned by ONNX surgery, is written by ``save_onnx_model``.
 
 from __future__ import annotations
 
+import re
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from prunecli.errors import InternalError, UnsupportedModelError
+from prunecli.capture import captured_output
+from prunecli.errors import InternalError, OnnxExportError
+from prunecli.model_io.arch import portable_arch
 from prunecli.model_io.atomic import atomic_path, atomic_write_text
 from prunecli.model_io.loaded import LoadedModel
 from prunecli.model_io.plan_file import (
@@ -35,6 +38,7 @@ if TYPE_CHECKING:
     import torch
 
 ONNX_OPSET = 17
+DYNAMO_ONNX_OPSET = 18
 
 
 def save_model(
@@ -45,11 +49,13 @@ def save_model(
     example_input: torch.Tensor,
     keep: KeepMapping | None,
     attributes: Mapping[str, Mapping[str, int]] | None = None,
+    onnx: bool = True,
 ) -> dict[str, Path]:
     """Write ``module`` (pruned from ``loaded``) into ``out_dir``; returns {"model", "onnx", ...} paths.
 
     ``keep`` is the channel plan the surgery applied (tensor name -> dim -> kept indices, relative
-    to ``loaded.module``); it goes into plan.json for state_dict inputs.
+    to ``loaded.module``); it goes into plan.json for state_dict inputs. ``onnx=False`` leaves
+    ``model.onnx`` to the caller (the runner exports it on a best-effort basis).
     """
     import torch
 
@@ -57,8 +63,7 @@ def save_model(
         raise InternalError("save_model got an ONNX model; ONNX inputs are written by save_onnx_model")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    onnx_path = out_dir / "model.onnx"
-    export_onnx(module, example_input, onnx_path)  # first: the export most likely to refuse a model
+    onnx_paths = {"onnx": export_onnx(module, example_input, out_dir / "model.onnx")} if onnx else {}
     if loaded.format == "state_dict":
         written = _save_state_dict(loaded, module, out_dir=out_dir, keep=keep or {}, attributes=attributes or {})
     elif loaded.format == "pickle":
@@ -70,7 +75,7 @@ def save_model(
         program = _export_program(module, example_input)
         with atomic_path(written["model"]) as temporary:
             torch.export.save(program, temporary)
-    return {**written, "onnx": onnx_path}
+    return {**written, **onnx_paths}
 
 
 def save_onnx_model(model: onnx.ModelProto, *, out_dir: Path) -> dict[str, Path]:
@@ -85,32 +90,53 @@ def save_onnx_model(model: onnx.ModelProto, *, out_dir: Path) -> dict[str, Path]
     return {"model": path, "onnx": path}
 
 
-def export_onnx(module: torch.nn.Module, example_input: torch.Tensor, path: Path) -> None:
-    """Export ``module`` to ONNX at ``path`` (opset 17, input "input", output "output", dynamic batch)."""
+def export_onnx(module: torch.nn.Module, example_input: torch.Tensor, path: Path) -> Path:
+    """Export ``module`` to ONNX at ``path`` (input "input", output "output", dynamic batch); returns ``path``.
+
+    The TorchScript exporter (opset 17) goes first: it is fast and covers most models. What it
+    cannot export (ops that need opset 18, arguments it mistypes) goes to the dynamo exporter
+    (opset 18). When both fail, OnnxExportError names both reasons.
+    """
+    reasons, printed = [], []
+    for name, exporter in (("TorchScript exporter", _export_torchscript), ("dynamo exporter", _export_dynamo)):
+        try:
+            with atomic_path(Path(path)) as temporary, warnings.catch_warnings(), captured_output() as captured:
+                warnings.simplefilter("ignore")  # deprecation and tracer notices are not the user's business
+                exporter(module, example_input, temporary)
+            return Path(path)
+        except Exception as exc:  # exporters raise anything; the next one may still succeed
+            reasons.append(f"{name}: {_first_line(exc)}")
+            printed.append(captured.text)
+    error = OnnxExportError(f"cannot export the model to ONNX ({'; '.join(reasons)}); it uses an op no exporter has")
+    if hasattr(error, "add_note"):  # Python >= 3.11: --debug shows the exporters' own dumps
+        error.add_note("".join(printed))
+    raise error
+
+
+def _export_torchscript(module: torch.nn.Module, example_input: torch.Tensor, path: Path) -> None:
     import torch
 
-    with atomic_path(Path(path)) as temporary, warnings.catch_warnings():
-        # The TorchScript exporter is deprecated but fast and needs no onnxscript; silence only its notices.
-        for notice in ("You are using the legacy TorchScript-based", "The feature will be removed"):
-            warnings.filterwarnings("ignore", message=notice, category=DeprecationWarning)
-        # Input guards of a module loaded from a .pt2 are traced too; they are not the model's own code.
-        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning, module=r"torch\._export\.")
-        try:
-            torch.onnx.export(
-                module,
-                (example_input,),
-                str(temporary),
-                dynamo=False,
-                opset_version=ONNX_OPSET,
-                input_names=["input"],
-                output_names=["output"],
-                dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}},
-            )
-        except Exception as exc:
-            reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            raise UnsupportedModelError(
-                f"cannot export the model to ONNX: {reason}; the model uses an op the exporter lacks"
-            ) from exc
+    torch.onnx.export(
+        module, (example_input,), str(path), dynamo=False, opset_version=ONNX_OPSET, input_names=["input"],
+        output_names=["output"], dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}},
+    )  # fmt: skip
+
+
+def _export_dynamo(module: torch.nn.Module, example_input: torch.Tensor, path: Path) -> None:
+    import torch
+
+    torch.onnx.export(
+        module, (example_input,), str(path), dynamo=True, opset_version=DYNAMO_ONNX_OPSET, input_names=["input"],
+        output_names=["output"], dynamic_shapes=({0: torch.export.Dim.AUTO},), external_data=False, verbose=False,
+    )  # fmt: skip
+
+
+def _first_line(exc: BaseException) -> str:
+    """The first line of the innermost cause (the dynamo exporter wraps the telling error twice), plain text."""
+    while exc.__cause__ is not None:
+        exc = exc.__cause__
+    line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    return re.sub(r"\x1b\[[0-9;]*m", "", line)[:200]
 
 
 def _save_state_dict(
@@ -126,15 +152,16 @@ def _save_state_dict(
     model_path, plan_path = out_dir / "model.pt", plan_path_for(out_dir / "model.pt")
     with atomic_path(model_path) as temporary:
         torch.save(_compact(module.state_dict()), temporary)
+    arch, arch_files = portable_arch(str(loaded.arch), out_dir=out_dir)  # an arch file is copied beside the plan
     plan = SavedPlan(
-        arch=str(loaded.arch),
+        arch=arch,
         kwargs=loaded.arch_kwargs,
         input_shape=loaded.input_shape,
         keep=compose_keep(loaded.keep, keep),
         attributes=merge_attributes(loaded.attributes, attributes),
     )
     atomic_write_text(plan_path, plan_to_json(plan))
-    return {"model": model_path, "plan": plan_path}
+    return {"model": model_path, "plan": plan_path, **arch_files}
 
 
 def _compact(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -1,25 +1,52 @@
-"""Checks that run before any weights load: capabilities, required data, devices."""
+"""The one pre-run check that ``validate`` and ``run`` share: everything short of running the model.
+
+``check_pipeline`` needs no file contents: capabilities per model format, the data splits the
+steps need, devices, files that must exist. ``prepare`` then reads the model and the data (the
+arch is imported and called, weights load; nothing runs) and checks what needs them: every
+``select.ignore`` entry names modules of the model, ``select.min_channels`` leaves something to
+prune, and the data fits the model's input shape::
+
+    check_pipeline(pipeline, base_dir=folder)
+    prepared = prepare(pipeline, base_dir=folder, trust_pickle=False)   # Prepared(loaded, data)
+"""
 
 from __future__ import annotations
 
+import difflib
+import fnmatch
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from prunecli.config.schema import Pipeline
+from prunecli.config.loading import check_referenced_files
+from prunecli.config.schema import Pipeline, SelectStep
 from prunecli.errors import InputError
+
+if TYPE_CHECKING:
+    import torch
+
+    from prunecli.data.dataset import DataSet
+    from prunecli.model_io import LoadedModel
 
 _TORCH_ONLY = {"score", "select", "prune", "finetune"}
 
 
-def check_before_work(pipeline: Pipeline, *, base_dir: Path, device: str) -> None:
-    """Refuse, with the fix, a pipeline that cannot run on this model, data or machine."""
-    kinds = [step.kind for step in pipeline.steps]
+@dataclass(frozen=True)
+class Prepared:
+    """The model and data a checked pipeline names, read and checked against each other."""
+
+    loaded: LoadedModel
+    data: DataSet
+
+
+def check_pipeline(pipeline: Pipeline, *, base_dir: Path) -> None:
+    """Refuse, with the fix, a pipeline that cannot run on this model format, data or machine."""
     if pipeline.model.path is None:
         raise InputError("model.path is missing: set it in the pipeline or pass --model PATH")
-    is_onnx = pipeline.model.format == "onnx" or (
-        pipeline.model.format == "auto" and Path(pipeline.model.path).suffix.lower() == ".onnx"
-    )
+    check_referenced_files(pipeline, base_dir=base_dir)
+    kinds = [step.kind for step in pipeline.steps]
     blocked = sorted(_TORCH_ONLY.intersection(kinds))
-    if is_onnx and blocked:
+    if _is_onnx(pipeline) and blocked:
         raise InputError(
             f"steps {', '.join(blocked)} need a PyTorch model; native ONNX pruning is not supported yet: "
             "pass the PyTorch checkpoint (state_dict + model.arch) or keep only 'evaluate' steps"
@@ -30,8 +57,43 @@ def check_before_work(pipeline: Pipeline, *, base_dir: Path, device: str) -> Non
         raise InputError("a finetune step needs training data: set data.train")
     if pipeline.gates.max_accuracy_drop is not None and not has_eval:
         raise InputError("gates.max_accuracy_drop needs eval data: set data.eval")
-    if device == "cuda":
+    if pipeline.device == "cuda":
         _check_cuda(pipeline)
+
+
+def prepare(pipeline: Pipeline, *, base_dir: Path, trust_pickle: bool) -> Prepared:
+    """Load the model and data of a checked pipeline and check them against each other and the steps."""
+    from prunecli.data import load_data
+    from prunecli.data.checks import check_against_model
+    from prunecli.model_io import load_model
+
+    loaded = load_model(pipeline.model, base_dir=base_dir, trust_pickle=trust_pickle)
+    if loaded.module is not None:
+        for index, step in enumerate(pipeline.steps):
+            if isinstance(step, SelectStep):
+                _check_select(step, index=index, module=loaded.module)
+    data = load_data(pipeline.data, base_dir=base_dir)
+    return Prepared(loaded=loaded, data=check_against_model(data, input_shape=loaded.input_shape, num_outputs=None))
+
+
+def _check_select(step: SelectStep, *, index: int, module: torch.nn.Module) -> None:
+    names = [name for name, _ in module.named_modules() if name]
+    for pattern in step.ignore:
+        if not any(fnmatch.fnmatchcase(name, pattern) for name in names):
+            close = difflib.get_close_matches(pattern, names, n=1)
+            hint = f"did you mean '{close[0]}'?" if close else f"module names look like '{names[0]}'" if names else ""
+            raise InputError(f"steps.{index}.ignore: '{pattern}' matches no module of the model; {hint}")
+    widest = max((p.shape[0] for p in module.parameters() if p.dim() >= 2), default=0)
+    if step.ratio > 0 and 0 < widest <= step.min_channels:
+        raise InputError(
+            f"steps.{index}.min_channels is {step.min_channels} but the widest layer has {widest} channels, "
+            "so nothing would be pruned; lower min_channels"
+        )
+
+
+def _is_onnx(pipeline: Pipeline) -> bool:
+    model = pipeline.model
+    return model.format == "onnx" or (model.format == "auto" and Path(model.path).suffix.lower() == ".onnx")
 
 
 def _check_cuda(pipeline: Pipeline) -> None:

@@ -1,29 +1,56 @@
-"""Measure one stage of the model: size, MACs, latency per backend, accuracy and loss."""
+"""Measure the stages of a run: size, MACs and accuracy when a stage ends, latency of all stages at the end.
+
+Latency is not measured stage by stage: a snapshot of each stage's model is kept, and
+``measure_latencies`` times them all interleaved in one session per backend, each against the
+original (see ``prunecli.metrics.interleave``), so a machine that gets busier halfway through a
+run cannot make a model look faster.
+"""
 
 from __future__ import annotations
 
+import copy
 import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from prunecli.errors import OnnxExportError
 from prunecli.metrics.accuracy import evaluate_onnx, evaluate_torch
-from prunecli.metrics.latency import measure_onnx_latency, measure_torch_latency
+from prunecli.metrics.latency import measure_onnx_latencies, measure_torch_latencies, unavailable
 from prunecli.metrics.macs import count_macs, onnx_macs
 from prunecli.metrics.size import count_params, onnx_params, serialized_size, size_bytes
 from prunecli.model_io import export_onnx
 from prunecli.pipeline.state import RunState
 
+BASELINE = "original"
+
 
 def measure_stage(state: RunState, name: str) -> dict[str, Any]:
-    """Measure the current model and record it as stage ``name``."""
-    if state.module is not None:
-        stage = _measure_torch(state)
-    else:
-        stage = _measure_onnx(state, state.loaded.onnx_path)
+    """Measure the current model's size, MACs and accuracy as stage ``name``; keep it for timing."""
+    with state.timed("measure"):
+        if state.module is not None:
+            stage = _measure_torch(state)
+            state.snapshots[name] = copy.deepcopy(state.module).cpu()
+        else:
+            stage = _measure_onnx(state, state.loaded.onnx_path)
+            state.snapshots[name] = state.loaded.onnx_path
     state.stages[name] = stage
     return stage
+
+
+def measure_latencies(state: RunState) -> None:
+    """Time every stage's snapshot, interleaved, on each backend; fills each stage's ``latency``."""
+    with state.timed("latency"):
+        backends = state.pipeline.latency.backends if state.module is not None else ["onnxruntime"]
+        for name in state.stages:
+            state.stages[name]["latency"] = []
+        for backend in backends:
+            measured = _torch_latencies(state) if backend == "torch" else _onnx_latencies(state)
+            for name, record in measured.items():
+                state.stages[name]["latency"].append(record)
+        for stage in state.stages.values():
+            stage["latency_ms"] = stage["latency"][0] if stage["latency"] else None
 
 
 def latency_input(state: RunState) -> torch.Tensor:
@@ -32,27 +59,44 @@ def latency_input(state: RunState) -> torch.Tensor:
     return torch.randn(shape, generator=torch.Generator().manual_seed(state.seed))
 
 
+def _torch_latencies(state: RunState) -> dict[str, dict[str, Any]]:
+    measured = measure_torch_latencies(
+        state.snapshots, latency_input(state), spec=state.pipeline.latency, device=state.device,
+        threads=state.latency_threads, baseline=BASELINE,
+    )  # fmt: skip
+    for snapshot in state.snapshots.values():
+        snapshot.cpu()
+    return {name: latency.to_dict() for name, latency in measured.items()}
+
+
+def _onnx_latencies(state: RunState) -> dict[str, dict[str, Any]]:
+    example = latency_input(state)
+    with tempfile.TemporaryDirectory(prefix="prunecli-") as folder:
+        paths, records = {}, {}
+        for name, snapshot in state.snapshots.items():
+            if isinstance(snapshot, Path):
+                paths[name] = snapshot
+                continue
+            try:
+                paths[name] = export_onnx(snapshot, example, Path(folder) / f"{name}.onnx")
+            except OnnxExportError as error:
+                records[name] = unavailable(backend="onnxruntime", device=state.device, reason=str(error))
+        measured = measure_onnx_latencies(
+            paths, example.numpy(), spec=state.pipeline.latency, device=state.device,
+            threads=state.latency_threads, baseline=BASELINE,
+        )  # fmt: skip
+    records.update({name: latency.to_dict() for name, latency in measured.items()})
+    return {name: records[name] for name in state.snapshots}
+
+
 def _measure_torch(state: RunState) -> dict[str, Any]:
-    module, spec = state.module, state.pipeline.latency
+    module = state.module
     example = latency_input(state)
     stage = {
         "params": count_params(module),
         "macs": count_macs(module, example[:1].to(state.device)),
         "size_bytes": serialized_size(module),
     }
-    latencies = []
-    with tempfile.TemporaryDirectory(prefix="prunecli-") as folder:
-        if "onnxruntime" in spec.backends:
-            onnx_path = Path(folder) / "model.onnx"
-            export_onnx(module.cpu(), example, onnx_path)
-            module.to(state.device)
-        for backend in spec.backends:
-            if backend == "torch":
-                on_device = example.to(state.device)
-                latencies.append(measure_torch_latency(module, on_device, spec=spec, device=state.device))
-            else:
-                latencies.append(measure_onnx_latency(onnx_path, example.numpy(), spec=spec, device=state.device))
-    stage.update(_latency_fields(latencies))
     evaluation = None
     if state.data.eval is not None:
         batch_size = state.pipeline.data.batch_size
@@ -62,20 +106,15 @@ def _measure_torch(state: RunState) -> dict[str, Any]:
 
 
 def _measure_onnx(state: RunState, path: Path) -> dict[str, Any]:
-    spec = state.pipeline.latency
     example = latency_input(state).numpy()
     stage = {"params": onnx_params(path), "macs": onnx_macs(path, example[:1].shape), "size_bytes": size_bytes(path)}
-    stage.update(_latency_fields([measure_onnx_latency(path, example, spec=spec, device=state.device)]))
     evaluation = None
     if state.data.eval is not None:
-        evaluation = evaluate_onnx(path, state.data.eval, batch_size=state.pipeline.data.batch_size)
+        evaluation = evaluate_onnx(
+            path, state.data.eval, batch_size=state.pipeline.data.batch_size, threads=state.pipeline.threads
+        )
     stage.update(_evaluation_fields(evaluation))
     return stage
-
-
-def _latency_fields(latencies: list) -> dict[str, Any]:
-    records = [latency.to_dict() for latency in latencies]
-    return {"latency_ms": records[0] if records else None, "latency": records}
 
 
 def _evaluation_fields(evaluation) -> dict[str, Any]:

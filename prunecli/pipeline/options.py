@@ -11,14 +11,17 @@ from typing import Any
 class RunOptions:
     """Run-time choices that are not part of the pipeline file.
 
-    ``device`` and ``seed`` given here override the pipeline's; ``progress`` turns on
-    progress bars (the CLI sets it only when stderr is a terminal).
+    ``device``, ``seed`` and ``threads`` given here override the pipeline's; ``progress`` turns
+    on progress bars (the CLI sets it only when stderr is a terminal). ``pipeline_file`` is the
+    file the pipeline was read from, if any: an input the outputs must never overwrite.
     """
 
     output_dir: Path
     base_dir: Path
     device: str | None = None
     seed: int | None = None
+    threads: int | None = None
+    pipeline_file: Path | None = None
     trust_pickle: bool = False
     progress: bool = False
 

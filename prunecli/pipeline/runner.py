@@ -11,55 +11,75 @@ import numpy as np
 import torch
 
 import prunecli
-from prunecli.config.loading import dump_resolved, with_absolute_paths
+from prunecli.config.loading import dump_resolved, input_files, with_absolute_paths
 from prunecli.config.schema import Pipeline
-from prunecli.data import load_data
 from prunecli.data.checks import check_against_model
-from prunecli.errors import InputError, VerificationError
+from prunecli.errors import InputError, OnnxExportError, VerificationError
 from prunecli.graph.summary import prunability
-from prunecli.model_io import load_model, save_model, save_onnx_model
+from prunecli.model_io import export_onnx, save_model, save_onnx_model
 from prunecli.model_io.atomic import atomic_write_text
-from prunecli.pipeline.checks import check_before_work
+from prunecli.model_io.outputs import first_tensor
+from prunecli.model_io.output_folder import OutputFolder
+from prunecli.pipeline.checks import Prepared, check_pipeline, prepare
 from prunecli.pipeline.gates import evaluate_gates
-from prunecli.pipeline.measure import measure_stage
+from prunecli.pipeline.measure import measure_latencies, measure_stage
 from prunecli.pipeline.options import RunOptions, RunResult
-from prunecli.pipeline.state import RunState
+from prunecli.pipeline.state import RunState, timed
 from prunecli.pipeline.steps import run_step
 from prunecli.report.write import write_report
-from prunecli.model_io.outputs import first_tensor
+from prunecli.threads import torch_threads
 
 SAMPLE_SIZE = 32
 
 
 def run_pipeline(pipeline: Pipeline, *, options: RunOptions) -> RunResult:
-    """Run ``pipeline`` and write the model, ``report.json``/``.md`` and ``pipeline.resolved.yaml``."""
-    device = options.device or pipeline.device
-    seed = pipeline.seed if options.seed is None else options.seed
-    check_before_work(pipeline, base_dir=options.base_dir, device=device)
-    _seed_everything(seed)
-    state = _load(pipeline, options=options, device=device, seed=seed)
-    measure_stage(state, "original")
-    try:
-        for step in pipeline.steps:
-            run_step(state, step)
-    except VerificationError:
-        _write_reports(state, written={})  # the evidence of the mismatch; no model is written
-        raise
-    written = _write_model(state)
-    report = _write_reports(state, written=written)
+    """Run ``pipeline``; write the model, ``report.json``/``.md`` and ``pipeline.resolved.yaml`` as one unit.
+
+    Everything is written into a staging folder and swapped into ``options.output_dir`` at the
+    end (see ``OutputFolder``); a run that fails leaves the previous outputs as they were. A
+    verification mismatch still commits the report (the evidence), without a model.
+    """
+    pipeline = with_options(pipeline, options)
+    check_pipeline(pipeline, base_dir=options.base_dir)
+    inputs = input_files(pipeline, base_dir=options.base_dir) + [p for p in [options.pipeline_file] if p]
+    folder = OutputFolder.open(options.output_dir, inputs=inputs)
+    with folder, torch_threads(pipeline.threads):
+        timings_s: dict[str, float] = {}
+        with timed(timings_s, "load"):
+            prepared = prepare(pipeline, base_dir=options.base_dir, trust_pickle=options.trust_pickle)
+            _seed_everything(pipeline.seed)
+            state = _start(pipeline, options=options, prepared=prepared, timings_s=timings_s)
+        measure_stage(state, "original")
+        try:
+            for step in pipeline.steps:
+                run_step(state, step)
+        except VerificationError:
+            _write_reports(state, folder, written={})  # the evidence of the mismatch; no model is written
+            folder.commit()
+            raise
+        measure_latencies(state)
+        written = _write_model(state, folder)
+        report = _write_reports(state, folder, written=written)
+        folder.commit()
     passed = all(gate["passed"] for gate in report["gates"].values())
     return RunResult(report=report, gates_passed=passed, written=written, module=state.module)
 
 
-def _write_reports(state: RunState, *, written: dict[str, Path]) -> dict[str, Any]:
-    """Write report.json, report.md and pipeline.resolved.yaml; adds them to ``written``."""
-    out_dir, pipeline = state.options.output_dir, state.pipeline
-    report = build_report(state, written=written)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    written.update(write_report(report, out_dir=out_dir))
-    written["pipeline"] = out_dir / "pipeline.resolved.yaml"
-    resolved = with_absolute_paths(pipeline, base_dir=state.options.base_dir)
-    atomic_write_text(written["pipeline"], dump_resolved(resolved))
+def with_options(pipeline: Pipeline, options: RunOptions) -> Pipeline:
+    """``pipeline`` with the run options that override it (device, seed, threads) filled in."""
+    update = {"device": options.device, "seed": options.seed, "threads": options.threads}
+    return pipeline.model_copy(update={key: value for key, value in update.items() if value is not None})
+
+
+def _write_reports(state: RunState, folder: OutputFolder, *, written: dict[str, Path]) -> dict[str, Any]:
+    """Write report.json, report.md and pipeline.resolved.yaml into the staging folder; adds them to ``written``."""
+    with state.timed("write"):
+        written["pipeline"] = folder.path / "pipeline.resolved.yaml"
+        report = build_report(state, written=written)
+        staged = write_report(report, out_dir=folder.staging)
+        written.update({key: folder.final_path(path) for key, path in staged.items()})
+        resolved = with_absolute_paths(state.pipeline, base_dir=state.options.base_dir)
+        atomic_write_text(folder.staging / "pipeline.resolved.yaml", dump_resolved(resolved))
     return report
 
 
@@ -69,14 +89,16 @@ def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _load(pipeline: Pipeline, *, options: RunOptions, device: str, seed: int) -> RunState:
-    data = load_data(pipeline.data, base_dir=options.base_dir)
-    loaded = load_model(pipeline.model, base_dir=options.base_dir, trust_pickle=options.trust_pickle)
-    state = RunState(pipeline=pipeline, options=options, loaded=loaded, data=data, device=device, seed=seed)
+def _start(pipeline: Pipeline, *, options: RunOptions, prepared: Prepared, timings_s: dict[str, float]) -> RunState:
+    loaded = prepared.loaded
+    state = RunState(
+        pipeline=pipeline, options=options, loaded=loaded, data=prepared.data, device=pipeline.device,
+        seed=pipeline.seed, timings_s=timings_s,
+    )  # fmt: skip
     if loaded.module is not None:
-        state.module = loaded.module.to(device).eval()
+        state.module = loaded.module.to(state.device).eval()
         state.original = copy.deepcopy(state.module)
-    state.data = check_against_model(data, input_shape=loaded.input_shape, num_outputs=_num_outputs(state))
+    state.data = check_against_model(state.data, input_shape=loaded.input_shape, num_outputs=_num_outputs(state))
     state.sample = _sample_batch(state)
     return state
 
@@ -103,19 +125,26 @@ def _sample_batch(state: RunState) -> torch.Tensor:
     return inputs.to(state.device)
 
 
-def _write_model(state: RunState) -> dict[str, Path]:
-    out_dir = state.options.output_dir
-    if state.module is None:
-        import onnx
+def _write_model(state: RunState, folder: OutputFolder) -> dict[str, Path]:
+    """Write the model into the staging folder; ``model.onnx`` on a best-effort basis for torch models."""
+    with state.timed("write"):
+        if state.module is None:
+            import onnx
 
-        return save_onnx_model(onnx.load(str(state.loaded.onnx_path)), out_dir=out_dir)
-    example = state.sample[:2].cpu()
-    written = save_model(
-        state.loaded, state.module.cpu(), out_dir=out_dir, example_input=example, keep=state.keep,
-        attributes=state.attributes,
-    )  # fmt: skip
+            staged = save_onnx_model(onnx.load(str(state.loaded.onnx_path)), out_dir=folder.staging)
+            return {key: folder.final_path(path) for key, path in staged.items()}
+        example = state.sample[:2].cpu()
+        staged = save_model(
+            state.loaded, state.module.cpu(), out_dir=folder.staging, example_input=example, keep=state.keep,
+            attributes=state.attributes, onnx=False,
+        )  # fmt: skip
+    with state.timed("export"):
+        try:
+            staged["onnx"] = export_onnx(state.module, example, folder.staging / "model.onnx")
+        except OnnxExportError as error:
+            state.onnx_error = str(error)
     state.module.to(state.device)
-    return written
+    return {key: folder.final_path(path) for key, path in staged.items()}
 
 
 def build_report(state: RunState, *, written: dict[str, Path]) -> dict[str, Any]:
@@ -129,6 +158,9 @@ def build_report(state: RunState, *, written: dict[str, Path]) -> dict[str, Any]
     report["prunability"] = _prunability(state)
     report["model"] = {"path": str(state.loaded.source), "format": state.loaded.format}
     report["outputs"] = {key: str(path) for key, path in written.items()}
+    report["onnx_export_error"] = state.onnx_error
+    report["threads"] = {"work": state.pipeline.threads, "latency": state.latency_threads}
+    report["timings_s"] = {phase: round(seconds, 4) for phase, seconds in state.timings_s.items()}
     report.update(seed=state.seed, device=state.device, prunecli_version=prunecli.__version__)
     return report
 

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -25,7 +29,9 @@ class RunState:
     ``module`` is the current torch model (None for ONNX inputs); ``original`` stays the
     unpruned one (teacher for distillation, reference for verification). ``sample`` is a real
     batch of inputs used for tracing and verification. ``stages`` holds the measurements,
-    by stage name, in the order they were taken.
+    by stage name, in the order they were taken; ``snapshots`` each stage's model (a copy, or
+    the ONNX file) for the interleaved latency measurement at the end. ``timings_s`` adds up
+    wall-clock seconds per phase of the run (load, trace, score, prune, finetune, measure, ...).
     """
 
     pipeline: Pipeline
@@ -44,3 +50,25 @@ class RunState:
     attributes: dict[str, dict[str, int]] = field(default_factory=dict)
     verification: Verification | None = None
     stages: dict[str, dict[str, Any]] = field(default_factory=dict)
+    snapshots: dict[str, Any] = field(default_factory=dict)
+    timings_s: dict[str, float] = field(default_factory=dict)
+    onnx_error: str | None = None
+
+    @property
+    def latency_threads(self) -> int:
+        """Intra-op threads for latency measurement: ``latency.threads``, else the run's ``threads``."""
+        return self.pipeline.latency.threads or self.pipeline.threads
+
+    def timed(self, phase: str) -> contextlib.AbstractContextManager[None]:
+        """Add the block's wall-clock seconds to ``timings_s[phase]``."""
+        return timed(self.timings_s, phase)
+
+
+@contextmanager
+def timed(timings_s: dict[str, float], phase: str) -> Iterator[None]:
+    """Add the block's wall-clock seconds to ``timings_s[phase]`` (also when it raises)."""
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        timings_s[phase] = timings_s.get(phase, 0.0) + time.perf_counter() - start

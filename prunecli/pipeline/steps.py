@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 from prunecli.config.schema import EvaluateStep, FinetuneStep, PruneStep, ScoreStep, SelectStep
 from prunecli.criteria.registry import get_criterion
-from prunecli.errors import VerificationError
+from prunecli.errors import InputError, VerificationError
 from prunecli.finetune import finetune
 from prunecli.graph.trace import build_channel_graph
 from prunecli.pipeline.measure import measure_stage
@@ -29,20 +29,32 @@ def run_step(state: RunState, step: object) -> None:
 def score(state: RunState, step: ScoreStep) -> None:
     """Build the channel graph (once) and score every prunable group's channels."""
     if state.graph is None:
-        state.graph = build_channel_graph(state.module, state.sample)
-    state.scores = get_criterion(step.criterion)(state.graph, module=state.module, seed=state.seed)
+        with state.timed("trace"):
+            state.graph = build_channel_graph(state.module, state.sample)
+    with state.timed("score"):
+        state.scores = get_criterion(step.criterion)(state.graph, module=state.module, seed=state.seed)
 
 
 @handles(SelectStep)
 def select(state: RunState, step: SelectStep) -> None:
     """Choose the channels each group loses."""
-    state.plan = select_channels(state.graph, state.scores, step)
+    widest = max((group.channels for group in state.graph.prunable_groups), default=0)
+    if step.ratio > 0 and 0 < widest <= step.min_channels:
+        raise InputError(
+            f"select.min_channels is {step.min_channels} but the widest prunable group has {widest} channels, "
+            "so nothing would be pruned; lower min_channels"
+        )
+    with state.timed("select"):
+        state.plan = select_channels(state.graph, state.scores, step)
 
 
 @handles(PruneStep)
 def prune(state: RunState, step: PruneStep) -> None:
     """Remove the selected channels, verify pruned == masked original, then measure."""
-    outcome = prune_module(state.module, state.graph, state.plan.removed, inputs=state.sample, tolerance=step.tolerance)
+    with state.timed("prune"):
+        outcome = prune_module(
+            state.module, state.graph, state.plan.removed, inputs=state.sample, tolerance=step.tolerance
+        )
     state.plan.leave_intact(outcome.left_intact)
     state.verification = outcome.verification
     if not state.verification.passed:
@@ -58,16 +70,17 @@ def prune(state: RunState, step: PruneStep) -> None:
 def finetune_step(state: RunState, step: FinetuneStep) -> None:
     """Train the current model, optionally distilling from the unpruned one, then measure."""
     teacher = state.original if step.distill is not None else None
-    finetune(
-        state.module,
-        train=state.data.train,
-        step=step,
-        batch_size=state.pipeline.data.batch_size,
-        device=state.device,
-        seed=state.seed,
-        teacher=teacher,
-        progress=state.options.progress,
-    )
+    with state.timed("finetune"):
+        finetune(
+            state.module,
+            train=state.data.train,
+            step=step,
+            batch_size=state.pipeline.data.batch_size,
+            device=state.device,
+            seed=state.seed,
+            teacher=teacher,
+            progress=state.options.progress,
+        )
     measure_stage(state, "finetuned")
 
 

@@ -72,7 +72,7 @@ def _facts_markdown(report: dict[str, Any]) -> str:
     model = report.get("model") or {}
     facts = [
         f"- model: `{model.get('path')}` ({model.get('format')})",
-        f"- device: {report.get('device')}, seed: {report.get('seed')}",
+        f"- device: {report.get('device')}, seed: {report.get('seed')}, threads: {_threads(report.get('threads'))}",
         f"- prunecli version: {report.get('prunecli_version')}",
     ]
     share = report.get("prunability") or {}
@@ -81,7 +81,18 @@ def _facts_markdown(report: dict[str, Any]) -> str:
                      f"{_percent(share.get('unprunable_macs_share'))} of MACs")  # fmt: skip
     for name, path in (report.get("outputs") or {}).items():
         facts.append(f"- output {name}: `{path}`")
+    if report.get("onnx_export_error"):
+        facts.append(f"- no model.onnx: {report['onnx_export_error']}")
+    timings = report.get("timings_s") or {}
+    if timings:
+        facts.append("- wall-clock seconds: " + ", ".join(f"{phase} {seconds:.2f}" for phase, seconds in timings.items()))
     return "\n".join(facts)
+
+
+def _threads(threads: dict[str, int] | None) -> str:
+    if not threads:
+        return "n/a"
+    return f"{threads.get('work')} (latency: {threads.get('latency')})"
 
 
 def _percent(share: float | None) -> str:

@@ -11,8 +11,10 @@ named in ``report["stages"]`` order, e.g. ``original``, ``pruned``, ``finetuned`
 
 Any stage may be missing and any value may be None (shown as ``n/a``; a row with no value
 at all is left out). The last column (``vs original``) compares the last stage with the
-first (normally ``original``): relative change for counts, sizes and latencies (with the
-speed-up factor), points for accuracies, the difference for the loss.
+first (normally ``original``): relative change for counts, sizes and latencies, points for
+accuracies, the difference for the loss. Speed-ups are not derived from two p50s: each stage's
+row shows the measured median of per-round ratios with its 95 % interval, marked ``unstable``
+when the interval is too wide to decide on (see ``prunecli.metrics.interleave``).
 """
 
 from __future__ import annotations
@@ -48,6 +50,8 @@ def comparison_rows(report: dict[str, Any]) -> tuple[Row, list[Row]]:
         values = [read(report[name]) for name in stages]
         if all(value is None for value in values):
             continue
+        if kind == "speedup" and values[0] is None:
+            values[0] = "baseline"
         row = [label, *(_format(value, kind) for value in values)]
         if len(stages) > 1:
             row.append(_change(values[0], values[-1], kind))
@@ -61,7 +65,11 @@ def gate_rows(report: dict[str, Any]) -> tuple[Row, list[Row]]:
     for name, gate in (report.get("gates") or {}).items():
         comparator = "<=" if name.startswith("max_") else ">="
         limit = f"{comparator} {_number(gate.get('limit'))}"
-        rows.append([name, _number(gate.get("value")), limit, "pass" if gate.get("passed") else "FAIL"])
+        value = _number(gate.get("value"))
+        if gate.get("interval"):
+            value += " [{}, {}]".format(*(_number(bound) for bound in gate["interval"]))
+        result = "pass" if gate.get("passed") else "FAIL" if gate.get("decided", True) else "FAIL (unstable)"
+        rows.append([name, value, limit, result])
     return ["gate", "value", "limit", "result"], rows
 
 
@@ -103,6 +111,7 @@ def _metrics(report: dict[str, Any], stages: list[str]) -> list[tuple[str, Calla
         for quantile in ("p50", "p90"):
             label = f"{quantile} ms {backend}/{device}"
             metrics.append((label, _latency_reader(backend, device, quantile), "ms"))
+        metrics.append((f"speed-up {backend}/{device}", _latency_reader(backend, device, "speedup"), "speedup"))
     metrics += [
         ("accuracy", lambda stage: stage.get("accuracy"), "fraction"),
         ("top-5", lambda stage: stage.get("top5"), "fraction"),
@@ -132,6 +141,8 @@ def _latency_reader(backend: str, device: str, quantile: str) -> Callable[[Stage
     def read(stage: Stage) -> Any:
         for latency in _latencies(stage):
             if (str(latency.get("backend")), str(latency.get("device"))) == (backend, device):
+                if latency.get("unavailable"):
+                    return "unavailable"
                 return latency.get(quantile)
         return None
 
@@ -141,6 +152,11 @@ def _latency_reader(backend: str, device: str, quantile: str) -> Callable[[Stage
 def _format(value: Any, kind: str) -> str:
     if value is None:
         return MISSING
+    if isinstance(value, str):
+        return value
+    if kind == "speedup":
+        unstable = "" if value.get("stable") else " unstable"
+        return f"{value['median']:.2f}x ({value['low']:.2f}-{value['high']:.2f}){unstable}"
     if kind == "count":
         return f"{int(value):,}"
     if kind == "large_count":
@@ -155,7 +171,9 @@ def _format(value: Any, kind: str) -> str:
 
 
 def _change(first: Any, last: Any, kind: str) -> str:
-    if first is None or last is None:
+    if kind == "speedup":
+        return ""  # the row itself holds each stage's measured speed-up over the first
+    if first is None or last is None or isinstance(first, str) or isinstance(last, str):
         return MISSING
     if kind == "fraction":
         return f"{(last - first) * 100:+.2f} pts"
@@ -163,10 +181,7 @@ def _change(first: Any, last: Any, kind: str) -> str:
         return f"{last - first:+.4f}"
     if first == 0:
         return MISSING
-    relative = f"{(last - first) / first * 100:+.1f}%"
-    if kind == "ms" and last > 0:
-        return f"{relative} ({first / last:.3g}x)"
-    return relative
+    return f"{(last - first) / first * 100:+.1f}%"
 
 
 def _human_count(count: float) -> str:
