@@ -33,7 +33,9 @@ class BenchRow:
     """One model's result; sizes in millions of parameters and GMACs (one sample), times in seconds.
 
     ``groups_left_intact`` counts groups selected for pruning whose removal broke the forward;
-    ``surgery_seconds`` covers slicing, those forward checks and the verification.
+    ``surgery_seconds`` covers slicing, those forward checks and the verification. ``fallbacks``
+    counts the engine's fallbacks by kind, graph and surgery together (``prunecli.graph.fallbacks``);
+    with ``PRUNECLI_STRICT=1`` the bug kinds fail the model instead.
     """
 
     model: str
@@ -49,6 +51,7 @@ class BenchRow:
     surgery_seconds: float | None = None
     verified_surgery_seconds: float | None = None
     max_abs_diff: float | None = None
+    fallbacks: dict[str, int] | None = None
 
 
 def import_timm() -> ModuleType:
@@ -96,6 +99,7 @@ def _prune(row: BenchRow, *, timm: ModuleType, ratio: float, input_size: int, nu
     applied = {group_id: kept for group_id, kept in removed.items() if group_id not in outcome.left_intact}
     row.surgery_seconds = _time_surgery(model, graph, applied)
     row.groups_left_intact = len(outcome.left_intact)
+    row.fallbacks = {**graph.fallbacks.counts(), **outcome.fallbacks.counts()}
     row.groups_pruned = len(removed) - row.groups_left_intact
     pruned, verification = outcome.module, outcome.verification
     row.params_after_m, row.macs_after_g = _size(pruned, inputs)
@@ -136,7 +140,7 @@ def render_table(rows: list[BenchRow], *, ratio: float, input_size: int) -> obje
     from rich.table import Table
 
     table = Table(title=f"prunecli zoo bench: local l2, ratio {ratio}, input {input_size}x{input_size}")
-    for column in ("model", "result", "reason"):
+    for column in ("model", "result", "reason", "fallbacks"):
         table.add_column(column, overflow="fold")
     numbers = ("groups pruned", "intact", "params M", "pruned M", "MACs G", "pruned G", "graph s", "surgery s",
                "+verify s")  # fmt: skip
@@ -147,6 +151,7 @@ def render_table(rows: list[BenchRow], *, ratio: float, input_size: int) -> obje
             row.model,
             "[green]pass[/]" if row.passed else "[red]fail[/]",
             row.reason or "",
+            ", ".join(f"{kind} {count}" for kind, count in sorted((row.fallbacks or {}).items())),
             _number(row.groups_pruned, digits=0),
             _number(row.groups_left_intact, digits=0),
             _number(row.params_before_m, digits=2),

@@ -17,6 +17,7 @@ from prunecli.errors import InternalError
 from prunecli.graph.fallbacks import STRICT_ENV, FallbackLog, strict_mode
 from prunecli.graph.layout import SpaceTable
 from prunecli.graph.rules import RULES
+from prunecli.graph.summary import prunability
 from prunecli.graph.trace import build_channel_graph, layout_mismatch
 from prunecli.surgery.prune import prune_module
 from prunecli.surgery.torch_surgery import apply_keep
@@ -77,9 +78,11 @@ def test_log_counts_by_kind_and_rejects_unknown_kinds(monkeypatch) -> None:
 
 
 def test_op_without_a_rule_is_recorded_not_raised_in_strict_mode() -> None:
-    graph = build_channel_graph(UnsupportedOpNet().eval(), torch.randn(2, 3, 6, 6))
+    model, inputs = UnsupportedOpNet().eval(), torch.randn(2, 3, 6, 6)
+    graph = build_channel_graph(model, inputs)
     assert graph.fallbacks.counts() == {"unsupported_op": 1}
     assert graph.fallbacks.records[0].where.startswith("aten::cumsum (cumsum")
+    assert prunability(graph, model, inputs)["fallbacks"] == {"unsupported_op": 1}
 
 
 def _raising_rule(ctx, node, args):
@@ -128,8 +131,8 @@ def test_layout_mismatch_checks_sizes_tuples_and_missing_layouts() -> None:
     assert layout_mismatch(table, None, traced) == "no layouts for a tensor of shape (4, 3)"
     assert layout_mismatch(table, [[c, s], None], (traced, torch.empty(2))) is None
     assert layout_mismatch(table, [[c, s]], (traced, traced)) == "1 outputs for a tuple of 2"
-    expected = "output 0: layouts of sizes (4,) for a tensor of shape (4, 3)"
-    assert layout_mismatch(table, [[c], None], (traced, traced)) == expected
+    expected = "output 1: layouts of sizes (4,) for a tensor of shape (4, 3)"
+    assert layout_mismatch(table, [None, [c]], (traced, traced)) == expected
     assert layout_mismatch(table, None, 3) is None  # not a tensor: nothing to check
 
 

@@ -9,6 +9,15 @@ checks: pruned == masked original (the runner's verification), fewer MACs, the w
 ``model.onnx`` agrees with the in-memory pruned model in ONNX Runtime, and ``model.pt`` +
 ``model.plan.json`` reload into the same model. Inputs are the smallest each model accepts.
 
+Coverage is pinned per architecture in ``tests/zoo_expectations.json``: a ceiling on pruned MACs as a
+fraction of the original (the measured fraction + ``MACS_MARGIN``) and the exact names of the groups left
+whole (report rows with ``prunable: False``: fixed by the graph, or left intact by the surgery). A change
+in coverage, for better or worse, turns the case red. After a deliberate change, regenerate the file and
+review its diff::
+
+    PRUNECLI_UPDATE_ZOO=1 OMP_NUM_THREADS=1 pytest -m zoo -k test_architecture
+
+The suite runs in strict mode (``PRUNECLI_STRICT``), so an engine bug hidden by a fallback fails here.
 Architectures the engine cannot prune yet are listed in ``KNOWN_FAILURES`` with the error, so they
 run as strict xfails: CI stays green, and a fixed one (an XPASS) fails until it is removed there.
 """
@@ -17,6 +26,8 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import math
+import os
 import sys
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -40,6 +51,9 @@ pytestmark = pytest.mark.zoo
 NUM_CLASSES = 10
 EVAL_SAMPLES = 4
 ONNX_RELATIVE_TOLERANCE = 1e-3  # of max(1, largest |output|): ORT and torch kernels round differently
+EXPECTATIONS_PATH = Path(__file__).with_name("zoo_expectations.json")
+UPDATE_ENV = "PRUNECLI_UPDATE_ZOO"  # =1: write the measured coverage into EXPECTATIONS_PATH instead of checking it
+MACS_MARGIN = 0.02  # absolute, on pruned MACs / original MACs
 
 
 class ZooCase(NamedTuple):
@@ -114,6 +128,14 @@ def test_zoo_lists_at_least_32_distinct_architectures() -> None:
     assert len(ZOO) >= 32 and len({zoo_case.name for zoo_case in ZOO}) == len(ZOO)
 
 
+def test_every_architecture_has_coverage_expectations() -> None:
+    expectations = _load_expectations()
+    assert set(expectations) == {zoo_case.name for zoo_case in ZOO}
+    for name, expected in expectations.items():
+        assert 0 < expected["max_macs_fraction"] < 1, name
+        assert expected["groups_left_whole"] == sorted(expected["groups_left_whole"]), name
+
+
 @pytest.mark.parametrize("zoo_case", _params())
 def test_architecture_prunes_exports_and_reloads(zoo_case: ZooCase, timm_module, tmp_path: Path) -> None:
     pipeline = _write_case(zoo_case, timm=timm_module, folder=tmp_path)
@@ -121,11 +143,39 @@ def test_architecture_prunes_exports_and_reloads(zoo_case: ZooCase, timm_module,
     report = result.report
     assert report["verification"]["passed"], report["verification"]
     assert report["pruned"]["macs"] < report["original"]["macs"]
+    _check_coverage(zoo_case.name, report)
     inputs = np.load(tmp_path / "eval.npz")["inputs"]
     expected = _outputs(result.module, inputs)
     _assert_onnx_agrees(result, inputs, expected)
     reloaded = load_model(ModelSpec(path=result.written["model"]), base_dir=tmp_path, trust_pickle=False).module
     np.testing.assert_allclose(_outputs(reloaded, inputs), expected, rtol=0, atol=1e-5 * _scale(expected))
+
+
+def _check_coverage(name: str, report: dict[str, Any]) -> None:
+    """Pruned MACs under the architecture's ceiling, and exactly the expected groups left whole."""
+    macs_fraction = report["pruned"]["macs"] / report["original"]["macs"]
+    left_whole = sorted(row["name"] for row in report["groups"] if not row["prunable"])
+    if os.environ.get(UPDATE_ENV) == "1":
+        _store_expectation(name, macs_fraction=macs_fraction, left_whole=left_whole)
+        return
+    expected = _load_expectations()[name]
+    assert macs_fraction <= expected["max_macs_fraction"], f"pruned MACs {macs_fraction:.4f} of the original"
+    newly_whole = sorted(set(left_whole) - set(expected["groups_left_whole"]))
+    newly_pruned = sorted(set(expected["groups_left_whole"]) - set(left_whole))
+    assert left_whole == expected["groups_left_whole"], f"now whole: {newly_whole}; now pruned: {newly_pruned}"
+
+
+def _load_expectations() -> dict[str, dict[str, Any]]:
+    return json.loads(EXPECTATIONS_PATH.read_text()) if EXPECTATIONS_PATH.exists() else {}
+
+
+def _store_expectation(name: str, *, macs_fraction: float, left_whole: list[str]) -> None:
+    """Write one architecture's measured coverage (``PRUNECLI_UPDATE_ZOO=1``), other entries untouched."""
+    expectations = _load_expectations()
+    ceiling = math.ceil((macs_fraction + MACS_MARGIN) * 1000) / 1000
+    expectations[name] = {"max_macs_fraction": ceiling, "groups_left_whole": left_whole}
+    ordered = {zoo_case.name: expectations[zoo_case.name] for zoo_case in ZOO if zoo_case.name in expectations}
+    EXPECTATIONS_PATH.write_text(json.dumps(ordered, indent=1) + "\n")
 
 
 def _write_case(zoo_case: ZooCase, *, timm: Any, folder: Path) -> Path:
@@ -176,6 +226,7 @@ def test_bench_prints_one_json_row_per_model(timm_module, capsys, monkeypatch) -
     assert exit_code == 0 and [row["model"] for row in rows] == ["resnet18", "lcnet_050"]
     for row in rows:
         assert row["passed"] and row["macs_after_g"] < row["macs_before_g"] and row["graph_seconds"] > 0
+        assert row["fallbacks"] == {}  # neither model needs one
 
 
 # Published structure figures (uniform local ratio 0.5, L2, classifier ignored; 224x224, one sample).

@@ -60,8 +60,9 @@ def prunability(
     """Params, MACs (one sample), the shares pruning cannot reach (see the module docstring), every group.
 
     Returns ``{"params", "macs", "unprunable_params_share", "unprunable_macs_share", "groups",
-    "unprunable_reasons"}``; each group is ``{"name", "channels", "prunable", "reason", "members"}``
-    with members as ``"tensor:dim"``, and ``unprunable_reasons`` counts unprunable groups by reason.
+    "unprunable_reasons", "fallbacks"}``; each group is ``{"name", "channels", "prunable", "reason",
+    "members"}`` with members as ``"tensor:dim"``, ``unprunable_reasons`` counts unprunable groups by
+    reason, and ``fallbacks`` counts the graph's fallbacks by kind (``prunecli.graph.fallbacks``).
     Groups in ``left_intact`` (prunable, but kept whole by the run) count as unprunable.
     """
     prunable_groups = [group for group in graph.prunable_groups if group.id not in left_intact]
@@ -77,6 +78,7 @@ def prunability(
         "unprunable_macs_share": _unprunable_macs_share(macs, leaf_macs, prunable_tensors=prunable_tensors),
         "groups": [_group_row(group) for group in graph.groups],
         "unprunable_reasons": dict(Counter(group.reason for group in graph.groups if not group.prunable)),
+        "fallbacks": graph.fallbacks.counts(),
     }
 
 

@@ -96,8 +96,11 @@ def layout_mismatch(table: SpaceTable, value: Value, traced: object) -> str | No
     if isinstance(traced, (tuple, list)):
         if not isinstance(value, list) or len(value) != len(traced):
             return f"{_count(value)} outputs for a tuple of {len(traced)}"
-        found = (layout_mismatch(table, v, t) for v, t in zip(value, traced) if v is not None)
-        return next((f"output {i}: {m}" for i, m in enumerate(found) if m is not None), None)
+        for index, (item, traced_item) in enumerate(zip(value, traced)):
+            mismatch = layout_mismatch(table, item, traced_item) if item is not None else None
+            if mismatch is not None:
+                return f"output {index}: {mismatch}"
+        return None
     if not isinstance(traced, torch.Tensor):
         return None
     shape = tuple(int(size) for size in traced.shape)
