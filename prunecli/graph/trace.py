@@ -6,6 +6,7 @@ import operator
 
 import torch
 
+from prunecli.capture import captured_output
 from prunecli.errors import UnsupportedModelError
 from prunecli.graph.channel_graph import ChannelGraph, SizeUse, build_groups
 from prunecli.graph.layout import SpaceTable
@@ -18,14 +19,18 @@ def export_program(module: torch.nn.Module, example_input: torch.Tensor) -> torc
     was_training = module.training
     module.eval()
     try:
-        return torch.export.export(module, (example_input,), strict=False)
+        with captured_output() as printed:  # torch prints the partial graph to stderr when it fails
+            return torch.export.export(module, (example_input,), strict=False)
     except Exception as error:  # torch raises many types here; all mean "cannot trace"
         first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
-        raise UnsupportedModelError(
+        failure = UnsupportedModelError(
             f"cannot trace the model on an input of shape {tuple(example_input.shape)} with torch.export "
             f"({type(error).__name__}: {first_line[:200]}); check model.input_shape, and that the forward "
             "has no Python control flow on tensor values"
-        ) from error
+        )
+        if hasattr(failure, "add_note"):  # Python >= 3.11: --debug shows what torch printed
+            failure.add_note(printed.text)
+        raise failure from error
     finally:
         module.train(was_training)
 
