@@ -179,6 +179,7 @@ def _export_program(module: torch.nn.Module, example_input: torch.Tensor) -> tor
     sample = example_input[:1]
     pair = sample.expand(2, *sample.shape[1:]).contiguous()  # a batch of 1 would be specialised to size 1
     try:
-        return torch.export.export(module, (pair,), dynamic_shapes=({0: torch.export.Dim.AUTO},), strict=False)
+        with captured_output():  # a failed export prints its partial graph; the fallback below decides
+            return torch.export.export(module, (pair,), dynamic_shapes=({0: torch.export.Dim.AUTO},), strict=False)
     except Exception:  # e.g. a graph loaded from a .pt2 that was exported for batch 1 only
         return torch.export.export(module, (example_input,), strict=False)

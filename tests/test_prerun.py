@@ -1,0 +1,61 @@
+"""One pre-run check: ``validate`` and ``run`` refuse the same pipelines, before any work, in one line."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import SAMPLES
+from tests.test_end_to_end import CNN_PIPELINE, cli, write_pipeline
+
+FINETUNE = "  - {kind: finetune, epochs: 1}\n"
+
+
+def _edit(old: str, new: str):
+    return lambda text: text.replace(old, new)
+
+
+BAD_PIPELINES = {
+    "arch-typo": (_edit("archs.py:DigitsCNN", "archs.py:DigitCNN"), "no callable 'DigitCNN'"),
+    "finetune-without-train": (
+        lambda t: t.replace(" train: SAMPLES/digits_train.npz,", "").replace("  - {kind: prune}\n", "  - {kind: prune}\n" + FINETUNE),
+        "a finetune step needs training data",
+    ),
+    "prune-onnx": (
+        _edit("digits_cnn.pt, arch: SAMPLES/archs.py:DigitsCNN", "digits_cnn.onnx"),
+        "need a PyTorch model",
+    ),
+    "ignore-typo": (_edit("ratio: 0.5}", "ratio: 0.5, ignore: [fcc]}"), "'fcc' matches no module of the model; did you mean 'fc'?"),
+    "min-channels": (_edit("ratio: 0.5}", "ratio: 0.5, min_channels: 4096}"), "nothing would be pruned"),
+    "evaluate-name-taken": (lambda t: t.replace("  - {kind: prune}\n", "  - {kind: prune}\n  - {kind: evaluate, name: pruned}\n"),
+                            "'pruned' is taken by the report"),
+    "evaluate-name-twice": (
+        lambda t: t.replace("  - {kind: prune}\n", "  - {kind: prune}\n  - {kind: evaluate}\n  - {kind: evaluate}\n"),
+        "another evaluate step's name",
+    ),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("command", ["validate", "run"])
+@pytest.mark.parametrize("case", sorted(BAD_PIPELINES))
+def test_validate_and_run_refuse_the_same_pipelines_before_work(case: str, command: str, tmp_path: Path) -> None:
+    edit, expected = BAD_PIPELINES[case]
+    pipeline = tmp_path / "pipeline.yaml"
+    pipeline.write_text(edit(CNN_PIPELINE).replace("SAMPLES", str(SAMPLES)))
+    arguments = ["-o", tmp_path / "out"] if command == "run" else []
+    started = time.perf_counter()
+    result = cli(command, pipeline, *arguments)
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and expected in lines[0], result.stderr
+    assert time.perf_counter() - started < 10  # before any tracing, training or measuring
+    assert not (tmp_path / "out").exists()
+
+
+def test_validate_accepts_what_run_accepts(tmp_path: Path) -> None:
+    pipeline = write_pipeline(tmp_path, CNN_PIPELINE.replace("ratio: 0.5}", "ratio: 0.5, ignore: [fc, 'stem_*']}"))
+    result = cli("validate", pipeline)
+    assert result.exit_code == 0, result.output
+    assert cli("run", pipeline, "-o", tmp_path / "out").exit_code == 0
