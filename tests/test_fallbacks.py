@@ -122,6 +122,24 @@ def test_rule_whose_layouts_disagree_with_the_traced_shape_is_an_internal_error(
     assert not next(group for group in graph.groups if group.name == "stem").prunable
 
 
+def _batch_tying_rule(ctx, node, args):
+    layouts = ctx.layouts(args["self"])
+    ctx.table.unify(layouts[0], layouts[1])  # batch (2) with channels (8 or 16): a rule's mistake
+    return list(layouts)
+
+
+def test_rule_tying_dimensions_of_different_sizes_is_an_internal_error(monkeypatch) -> None:
+    model, inputs = _residual()
+    monkeypatch.setitem(RULES._entries, "aten::relu", _batch_tying_rule)
+    with pytest.raises(InternalError, match=r"size_conflict: aten::relu .*tied dimensions of sizes 2 and 8"):
+        build_channel_graph(model, inputs)
+    monkeypatch.setenv(STRICT_ENV, "0")
+    graph = build_channel_graph(model, inputs)
+    assert graph.fallbacks.counts() == {"size_conflict": 3}
+    stem = next(group for group in graph.groups if group.name == "stem")
+    assert not stem.prunable and stem.reason == "dimensions of different sizes meet"
+
+
 def test_layout_mismatch_checks_sizes_tuples_and_missing_layouts() -> None:
     table = SpaceTable()
     c, s = table.new(4), table.new(3)

@@ -15,6 +15,8 @@ Kinds (``FALLBACK_KINDS``), and whether strict mode raises:
   (``nn.MultiheadAttention``).
 - ``rule_error`` (yes): a coupling rule raised. Rules must decline patterns explicitly.
 - ``layout_mismatch`` (yes): a rule's output layouts disagree with the traced tensor shape.
+- ``size_conflict`` (yes): a rule tied two dimensions of different sizes (``SpaceTable.unify``
+  fixes both); tied dimensions share positions one to one, so this is a rule's mistake.
 - ``surgery_error`` (yes): slicing a group raised, or left a parameter or buffer with a shape
   other than the one the plan implies.
 - ``forward_fails`` (no): the sliced tensors are exactly as planned but the model's own code
@@ -38,7 +40,7 @@ from dataclasses import dataclass, field
 from prunecli.errors import InternalError
 
 STRICT_ENV = "PRUNECLI_STRICT"
-BUG_KINDS = frozenset({"rule_error", "layout_mismatch", "surgery_error"})
+BUG_KINDS = frozenset({"rule_error", "layout_mismatch", "size_conflict", "surgery_error"})
 FALLBACK_KINDS = frozenset({"unsupported_op", "opaque_module", "forward_fails"}) | BUG_KINDS
 
 

@@ -66,6 +66,7 @@ class SpaceTable:
         self._definition: dict[int, Layout] = {}
         self.fixed: dict[int, str] = {}
         self.channel: set[int] = set()
+        self.size_conflicts: list[str] = []  # unify() of different sizes: always a rule's mistake
         self._singleton: Atom | None = None
 
     # -- atoms -------------------------------------------------------------------------
@@ -174,6 +175,7 @@ class SpaceTable:
         if a == b:
             return
         if self.size(a) != self.size(b):
+            self.size_conflicts.append(f"sizes {self.size(a)} and {self.size(b)}")
             reason = "dimensions of different sizes meet"
             self.mark_fixed(a, reason)
             self.mark_fixed(b, reason)

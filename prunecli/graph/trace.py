@@ -79,12 +79,15 @@ def _visit(ctx: TraceContext, node: torch.fx.Node, tensor_names: dict[str, str])
 
 def _apply_rule(ctx: TraceContext, node: torch.fx.Node, handler: Rule) -> Value:
     """The rule's output layouts; a rule that raises or mis-sizes them is a bug (raises when strict)."""
+    conflicts = len(ctx.table.size_conflicts)
     try:
         value = handler(ctx, node, bind_arguments(node))
     except Exception as error:  # a rule declines patterns explicitly (ctx.unsupported); raising is a bug
         detail = f"{type(error).__name__}: {str(error)[:120]}"
         ctx.fallbacks.record("rule_error", node_label(node), f"the rule raised {detail}")
         return ctx.keep_whole(node, detail=detail)
+    for conflict in ctx.table.size_conflicts[conflicts:]:  # the table fixed both dimensions already
+        ctx.fallbacks.record("size_conflict", node_label(node), f"the rule tied dimensions of {conflict}")
     mismatch = layout_mismatch(ctx.table, value, node.meta.get("val"))
     if mismatch is not None:
         ctx.fallbacks.record("layout_mismatch", node_label(node), mismatch)
