@@ -12,8 +12,8 @@ from prunecli.pipeline.gates import evaluate_gates
 from tests.test_end_to_end import CNN_PIPELINE, cli, write_pipeline
 
 
-def final_stage(median: float, low: float, high: float) -> dict:
-    speedup = {"median": median, "low": low, "high": high, "rounds": 30, "stable": True}
+def final_stage(median: float, low: float, high: float, stable: bool = True) -> dict:
+    speedup = {"median": median, "low": low, "high": high, "rounds": 30, "stable": stable}
     return {"latency_ms": {"backend": "torch", "p50": 1.0, "speedup": speedup}}
 
 
@@ -28,6 +28,12 @@ def test_min_speedup_passes_only_on_the_low_end_of_the_interval(interval, passed
     assert (gate["passed"], gate["decided"], gate["value"], gate["interval"]) == (passed, decided, interval[0],
                                                                                   list(interval[1:]))  # fmt: skip
     assert ("unstable" in gate.get("note", "")) == (not decided)
+
+
+def test_an_unstable_speedup_never_passes_a_gate() -> None:
+    gate = evaluate_gates(Gates(min_speedup=1.5), original={}, final=final_stage(3.0, 2.5, 9.3, stable=False))
+    assert gate["min_speedup"]["passed"] is False and gate["min_speedup"]["decided"] is False
+    assert "too wide" in gate["min_speedup"]["note"]
 
 
 def test_min_speedup_without_a_measurement_fails_with_the_reason() -> None:

@@ -1,9 +1,10 @@
 """Gates: pass/fail limits on the final stage, compared with the original.
 
 Each gate gives ``{"value", "limit", "passed"}``. ``min_speedup`` is judged on the measured
-interval (see ``prunecli.metrics.interleave``): it passes only when the interval's low end reaches
-the limit, so noise can fail the gate but never pass it. It also gives the ``interval`` and
-``decided``: False when the interval straddles the limit, i.e. the machine was too noisy to tell.
+interval (see ``prunecli.metrics.interleave``): it passes only when the measurement is stable and
+the interval's low end reaches the limit, so noise can fail the gate but never pass it. It also
+gives the ``interval`` and ``decided``: False when the interval straddles the limit or is too wide
+to decide on, i.e. the machine was too noisy to tell.
 """
 
 from __future__ import annotations
@@ -43,11 +44,13 @@ def _speedup_gate(final: dict[str, Any], *, limit: float) -> dict[str, Any]:
         reason = latency.get("unavailable") or "no speed-up was measured for the final stage"
         return {"value": None, "limit": limit, "passed": False, "decided": False, "note": reason}
     low, high = measured["low"], measured["high"]
-    gate = {"value": measured["median"], "interval": [low, high], "limit": limit, "passed": low >= limit}
-    gate["decided"] = low >= limit or high < limit
+    passed = measured["stable"] and low >= limit
+    gate = {"value": measured["median"], "interval": [low, high], "limit": limit, "passed": passed}
+    gate["decided"] = passed or high < limit
     if not gate["decided"]:
+        why = "straddles the limit" if low < limit else "is too wide to decide on (latency.max_interval_width)"
         gate["note"] = (
-            f"unstable: the speed-up interval [{low:.3g}, {high:.3g}] straddles the limit; "
+            f"unstable: the speed-up interval [{low:.3g}, {high:.3g}] {why}; "
             "rerun on a quieter machine or raise latency.repeats"
         )
     return gate

@@ -174,10 +174,12 @@ def _prunability(state: RunState) -> dict[str, Any] | None:
     reasons = dict(summary["unprunable_reasons"])
     for reason in left_intact.values():
         reasons[reason] = reasons.get(reason, 0) + 1
+    surgery = state.surgery_fallbacks.counts() if state.surgery_fallbacks else {}
     return {
         "unprunable_params_share": summary["unprunable_params_share"],
         "unprunable_macs_share": summary["unprunable_macs_share"],
         "unprunable_reasons": reasons,
+        "fallbacks": {**summary["fallbacks"], **surgery},  # engine fallbacks by kind (prunecli.graph.fallbacks)
     }
 
 

@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from prunecli.config.schema import Pipeline
     from prunecli.data.dataset import DataSet
     from prunecli.graph.channel_graph import ChannelGraph
+    from prunecli.graph.fallbacks import FallbackLog
     from prunecli.model_io import LoadedModel
     from prunecli.pipeline.options import RunOptions
     from prunecli.selection import PrunePlan
@@ -49,6 +50,7 @@ class RunState:
     keep: dict[str, dict[int, Any]] = field(default_factory=dict)
     attributes: dict[str, dict[str, int]] = field(default_factory=dict)
     verification: Verification | None = None
+    surgery_fallbacks: FallbackLog | None = None
     stages: dict[str, dict[str, Any]] = field(default_factory=dict)
     snapshots: dict[str, Any] = field(default_factory=dict)
     timings_s: dict[str, float] = field(default_factory=dict)

@@ -56,6 +56,7 @@ def prune(state: RunState, step: PruneStep) -> None:
             state.module, state.graph, state.plan.removed, inputs=state.sample, tolerance=step.tolerance
         )
     state.plan.leave_intact(outcome.left_intact)
+    state.surgery_fallbacks = outcome.fallbacks
     state.verification = outcome.verification
     if not state.verification.passed:
         raise VerificationError(

@@ -79,6 +79,9 @@ def _facts_markdown(report: dict[str, Any]) -> str:
     if share:
         facts.append(f"- out of pruning's reach: {_percent(share.get('unprunable_params_share'))} of params, "
                      f"{_percent(share.get('unprunable_macs_share'))} of MACs")  # fmt: skip
+    fallbacks = share.get("fallbacks") or {}
+    if fallbacks:
+        facts.append("- engine fallbacks: " + ", ".join(f"{kind} {count}" for kind, count in sorted(fallbacks.items())))
     for name, path in (report.get("outputs") or {}).items():
         facts.append(f"- output {name}: `{path}`")
     if report.get("onnx_export_error"):
