@@ -6,6 +6,7 @@ timm needs a compat shim on this machine's CPU torch (see ``tests/timm_compat.py
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -30,3 +31,16 @@ def timm_module():
     """timm, importable offline on this machine's CPU torch."""
     define_torchvision_op_schemas()
     return pytest.importorskip("timm")
+
+
+def save_sample_cnn_program(path: Path) -> Path:
+    """The trained sample CNN as a ``torch.export`` program (batch 2) saved at ``path``."""
+    sys.path.insert(0, str(SAMPLES))
+    try:
+        from archs import DigitsCNN
+    finally:
+        sys.path.remove(str(SAMPLES))
+    module = DigitsCNN().eval()
+    module.load_state_dict(torch.load(SAMPLES / "digits_cnn.pt", weights_only=True))
+    torch.export.save(torch.export.export(module, (torch.zeros(2, 1, 8, 8),), strict=False), path)
+    return path

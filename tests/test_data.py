@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from prunecli.config.schema import DataSpec
-from prunecli.data import DataSet, Split, batches, check_against_model, load_data
+from prunecli.data import DataSet, batches, check_against_model, load_data
 from prunecli.data.dataset import make_split
 from prunecli.data.registry import get_reader, known_formats, register_reader
 from prunecli.errors import InputError

@@ -19,7 +19,7 @@ from prunecli.cli.app import app
 from prunecli.config.loading import load_pipeline
 from prunecli.pipeline.options import RunOptions
 from prunecli.pipeline.runner import run_pipeline
-from tests.conftest import CONFIGS, REPO, SAMPLES
+from tests.conftest import CONFIGS, REPO, SAMPLES, save_sample_cnn_program
 
 FAST = ["--set", "latency.repeats=3", "--set", "latency.warmup=1"]
 
@@ -125,15 +125,7 @@ def test_failed_gate_exits_1_after_writing_the_report(tmp_path: Path) -> None:
 
 
 def test_torch_export_program_in_and_out(tmp_path: Path) -> None:
-    sys.path.insert(0, str(SAMPLES))
-    try:
-        from archs import DigitsCNN
-    finally:
-        sys.path.remove(str(SAMPLES))
-    module = DigitsCNN().eval()
-    module.load_state_dict(torch.load(SAMPLES / "digits_cnn.pt", weights_only=True))
-    program = torch.export.export(module, (torch.zeros(2, 1, 8, 8),), strict=False)
-    torch.export.save(program, tmp_path / "cnn.pt2")
+    save_sample_cnn_program(tmp_path / "cnn.pt2")
     result = cli("run", CONFIGS / "digits_cnn_l2_50.yaml", "--model", tmp_path / "cnn.pt2", "-o", tmp_path / "out",
                  "--json", "--set", "steps.3.epochs=1", "--set", "gates.max_accuracy_drop=0.5", *FAST)  # fmt: skip
     assert result.exit_code == 0, result.output

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from tests import awkward_models
-from tests.conftest import REPO, SAMPLES
+from tests.conftest import REPO, SAMPLES, save_sample_cnn_program
 from tests.test_end_to_end import CNN_PIPELINE, write_pipeline
 
 AWKWARD = Path(awkward_models.__file__)
@@ -57,13 +57,7 @@ def test_a_corrupt_pt2_is_one_line(tmp_path: Path) -> None:
 
 
 def test_a_pt2_run_prints_no_warnings(tmp_path: Path) -> None:
-    sys.path.insert(0, str(SAMPLES))
-    try:
-        from archs import DigitsCNN
-    finally:
-        sys.path.remove(str(SAMPLES))
-    program = torch.export.export(DigitsCNN().eval(), (torch.zeros(2, 1, 8, 8),), strict=False)
-    torch.export.save(program, tmp_path / "cnn.pt2")
+    save_sample_cnn_program(tmp_path / "cnn.pt2")
     pipeline = write_pipeline(tmp_path, CNN_PIPELINE)
     completed = prunecli("run", pipeline, "--model", tmp_path / "cnn.pt2", "-o", tmp_path / "out", "--json")
     assert completed.returncode == 0 and completed.stderr == "", completed.stderr

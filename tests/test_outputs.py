@@ -14,12 +14,11 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 
 from prunecli.errors import InputError
 from prunecli.model_io import output_folder
 from prunecli.model_io.output_folder import MANIFEST, OutputFolder
-from tests.conftest import REPO, SAMPLES
+from tests.conftest import REPO, SAMPLES, save_sample_cnn_program
 from tests.test_end_to_end import CNN_PIPELINE, cli, write_pipeline
 
 
@@ -87,9 +86,7 @@ def test_a_reused_output_folder_holds_exactly_the_last_runs_files(tmp_path: Path
     out, pipeline = tmp_path / "out", write_pipeline(tmp_path, CNN_PIPELINE)
     assert cli("run", pipeline, "-o", out).exit_code == 0
     assert {"model.pt", "model.plan.json"} <= set(digests(out))
-    program = torch.export.export(_sample_cnn(), (torch.zeros(2, 1, 8, 8),), strict=False)
-    torch.export.save(program, tmp_path / "cnn.pt2")
-    result = cli("run", pipeline, "--model", tmp_path / "cnn.pt2", "-o", out)
+    result = cli("run", pipeline, "--model", save_sample_cnn_program(tmp_path / "cnn.pt2"), "-o", out)
     assert result.exit_code == 0, result.output
     assert_complete(out)
     names = set(digests(out))
@@ -158,17 +155,6 @@ def _kill_when_staged(process: subprocess.Popen, folder: Path, name: str, *, tim
     if process.poll() is None:
         os.kill(process.pid, signal.SIGKILL)
     process.wait()
-
-
-def _sample_cnn() -> torch.nn.Module:
-    sys.path.insert(0, str(SAMPLES))
-    try:
-        from archs import DigitsCNN
-    finally:
-        sys.path.remove(str(SAMPLES))
-    module = DigitsCNN().eval()
-    module.load_state_dict(torch.load(SAMPLES / "digits_cnn.pt", weights_only=True))
-    return module
 
 
 def _crash(staging: Path, path: Path) -> None:

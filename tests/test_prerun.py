@@ -17,25 +17,28 @@ def _edit(old: str, new: str):
     return lambda text: text.replace(old, new)
 
 
+PRUNE = "  - {kind: prune}\n"
+
+
+def _after_prune(extra: str):
+    return lambda text: text.replace(PRUNE, PRUNE + extra)
+
+
 BAD_PIPELINES = {
     "arch-typo": (_edit("archs.py:DigitsCNN", "archs.py:DigitCNN"), "no callable 'DigitCNN'"),
     "finetune-without-train": (
-        lambda t: t.replace(" train: SAMPLES/digits_train.npz,", "").replace("  - {kind: prune}\n", "  - {kind: prune}\n" + FINETUNE),
+        lambda text: _after_prune(FINETUNE)(text.replace(" train: SAMPLES/digits_train.npz,", "")),
         "a finetune step needs training data",
     ),
-    "prune-onnx": (
-        _edit("digits_cnn.pt, arch: SAMPLES/archs.py:DigitsCNN", "digits_cnn.onnx"),
-        "need a PyTorch model",
+    "prune-onnx": (_edit("digits_cnn.pt, arch: SAMPLES/archs.py:DigitsCNN", "digits_cnn.onnx"), "need a PyTorch model"),
+    "ignore-typo": (
+        _edit("ratio: 0.5}", "ratio: 0.5, ignore: [fcc]}"),
+        "'fcc' matches no module of the model; did you mean 'fc'?",
     ),
-    "ignore-typo": (_edit("ratio: 0.5}", "ratio: 0.5, ignore: [fcc]}"), "'fcc' matches no module of the model; did you mean 'fc'?"),
     "min-channels": (_edit("ratio: 0.5}", "ratio: 0.5, min_channels: 4096}"), "nothing would be pruned"),
-    "evaluate-name-taken": (lambda t: t.replace("  - {kind: prune}\n", "  - {kind: prune}\n  - {kind: evaluate, name: pruned}\n"),
-                            "'pruned' is taken by the report"),
-    "evaluate-name-twice": (
-        lambda t: t.replace("  - {kind: prune}\n", "  - {kind: prune}\n  - {kind: evaluate}\n  - {kind: evaluate}\n"),
-        "another evaluate step's name",
-    ),
-}  # fmt: skip
+    "evaluate-name-taken": (_after_prune("  - {kind: evaluate, name: pruned}\n"), "'pruned' is taken by the report"),
+    "evaluate-name-twice": (_after_prune("  - {kind: evaluate}\n" * 2), "another evaluate step's name"),
+}
 
 
 @pytest.mark.parametrize("command", ["validate", "run"])

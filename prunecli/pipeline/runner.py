@@ -9,9 +9,10 @@ from typing import Any
 
 import numpy as np
 import torch
+from pydantic import ValidationError
 
 import prunecli
-from prunecli.config.loading import dump_resolved, input_files, with_absolute_paths
+from prunecli.config.loading import describe_validation_error, dump_resolved, input_files, with_absolute_paths
 from prunecli.config.schema import Pipeline
 from prunecli.data.checks import check_against_model
 from prunecli.errors import InputError, OnnxExportError, VerificationError
@@ -68,7 +69,11 @@ def run_pipeline(pipeline: Pipeline, *, options: RunOptions) -> RunResult:
 def with_options(pipeline: Pipeline, options: RunOptions) -> Pipeline:
     """``pipeline`` with the run options that override it (device, seed, threads) filled in."""
     update = {"device": options.device, "seed": options.seed, "threads": options.threads}
-    return pipeline.model_copy(update={key: value for key, value in update.items() if value is not None})
+    fields = pipeline.model_dump() | {key: value for key, value in update.items() if value is not None}
+    try:
+        return Pipeline.model_validate(fields)
+    except ValidationError as error:
+        raise InputError(f"run options: {describe_validation_error(error)}") from None
 
 
 def _write_reports(state: RunState, folder: OutputFolder, *, written: dict[str, Path]) -> dict[str, Any]:

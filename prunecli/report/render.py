@@ -81,14 +81,16 @@ def _facts_markdown(report: dict[str, Any]) -> str:
                      f"{_percent(share.get('unprunable_macs_share'))} of MACs")  # fmt: skip
     fallbacks = share.get("fallbacks") or {}
     if fallbacks:
-        facts.append("- engine fallbacks: " + ", ".join(f"{kind} {count}" for kind, count in sorted(fallbacks.items())))
+        counted = ", ".join(f"{kind} {count}" for kind, count in sorted(fallbacks.items()))
+        facts.append(f"- engine fallbacks: {counted}")
     for name, path in (report.get("outputs") or {}).items():
         facts.append(f"- output {name}: `{path}`")
     if report.get("onnx_export_error"):
         facts.append(f"- no model.onnx: {report['onnx_export_error']}")
     timings = report.get("timings_s") or {}
     if timings:
-        facts.append("- wall-clock seconds: " + ", ".join(f"{phase} {seconds:.2f}" for phase, seconds in timings.items()))
+        phases = ", ".join(f"{phase} {seconds:.2f}" for phase, seconds in timings.items())
+        facts.append(f"- wall-clock seconds: {phases}")
     return "\n".join(facts)
 
 

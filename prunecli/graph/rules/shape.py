@@ -6,7 +6,7 @@ from typing import Any
 
 import torch
 
-from prunecli.graph.layout import Concat, Layout, Product
+from prunecli.graph.layout import Concat, Product
 from prunecli.graph.reshape import reshape_layouts
 from prunecli.graph.rules.context import TraceContext, rule
 
