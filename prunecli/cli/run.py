@@ -71,7 +71,7 @@ def _show(result: RunResult, *, output_dir: Path) -> None:
     from prunecli.report.render import gates_table, report_table
     from prunecli.report.rows import verification_line
 
-    console = Console()
+    console = Console(width=None if sys.stdout.isatty() else 120)  # piped output: no cells cut to 80 columns
     console.print(report_table(result.report))
     if result.report.get("gates"):
         console.print(gates_table(result.report))

@@ -56,7 +56,7 @@ def _rich_table(header: Row, rows: list[Row], *, title: str) -> Table:
     table = Table(title=title, title_justify="left")
     table.add_column(header[0], no_wrap=True)
     for name in header[1:]:
-        table.add_column(name, justify="left" if name in _TEXT_COLUMNS else "right")
+        table.add_column(name, justify="left" if name in _TEXT_COLUMNS else "right", overflow="fold")
     for row in rows:
         table.add_row(*(_rich_cell(cell) for cell in row))
     return table
