@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test zoo bench samples clean
+.PHONY: demo test zoo zoo-update bench bench-latency samples clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -22,6 +22,12 @@ test: $(STAMP)
 
 zoo: $(STAMP)
 	HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 $(BIN)/python -m pytest -m zoo
+
+zoo-update: $(STAMP)
+	HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 PRUNECLI_UPDATE_ZOO=1 $(BIN)/python -m pytest -m zoo -k test_architecture
+
+bench-latency: $(STAMP)
+	HF_HUB_OFFLINE=1 $(BIN)/python bench/latency_stability.py
 
 samples: $(STAMP)
 	$(BIN)/python sample_models/make_samples.py

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from prunecli.cli.errors import error_boundary
-from prunecli.cli.options import DebugOption, JsonOption, TrustPickleOption
+from prunecli.cli.options import DebugOption, JsonOption, ThreadsOption, TrustPickleOption
 from prunecli.errors import InputError
 
 if TYPE_CHECKING:
@@ -51,14 +51,17 @@ def inspect(
         str, typer.Option("--format", help="auto, state_dict, pickle or export (auto: from the file).")
     ] = "auto",
     trust_pickle: TrustPickleOption = False,
+    threads: ThreadsOption = None,
     json_output: JsonOption = False,
     debug: DebugOption = False,
 ) -> None:
     """Show a model's pruning groups (channels, prunable or why not) and its unprunable params and MACs."""
     from prunecli.graph.summary import inspect_model
+    from prunecli.threads import torch_threads
 
     spec = _model_spec(model, arch=arch, arch_kwargs=arch_kwargs, input_shape=input_shape, model_format=model_format)
-    summary = inspect_model(spec, base_dir=Path.cwd(), trust_pickle=trust_pickle)
+    with torch_threads(threads or 1):  # like a pipeline's default: steady on a shared machine
+        summary = inspect_model(spec, base_dir=Path.cwd(), trust_pickle=trust_pickle)
     if json_output:
         typer.echo(json.dumps(summary))
     else:

@@ -44,7 +44,7 @@ TrustPickleOption = Annotated[
 ThreadsOption = Annotated[
     int | None,
     typer.Option(
-        "--threads", min=1, help="Intra-op threads for all torch/ONNX Runtime work; overrides the pipeline's.",
+        "--threads", min=1, help="Intra-op threads for all torch/ONNX Runtime work (default: the pipeline's, else 1).",
         show_default=False,
     ),
 ]
