@@ -78,13 +78,14 @@ def prepare(pipeline: Pipeline, *, base_dir: Path, trust_pickle: bool) -> Prepar
 
 def _check_select(step: SelectStep, *, index: int, module: torch.nn.Module) -> None:
     names = [name for name, _ in module.named_modules() if name]
-    for pattern in step.ignore:
-        if not any(fnmatch.fnmatchcase(name, pattern) for name in names):
-            close = difflib.get_close_matches(pattern, names, n=1)
-            hint = f"did you mean '{close[0]}'?" if close else f"module names look like '{names[0]}'" if names else ""
-            raise InputError(f"steps.{index}.ignore: '{pattern}' matches no module of the model; {hint}")
+    for key, patterns in (("ignore", step.ignore), ("overrides", list(step.overrides))):
+        for pattern in patterns:
+            if not any(fnmatch.fnmatchcase(name, pattern) for name in names):
+                close = difflib.get_close_matches(pattern, names, n=1)
+                hint = f"did you mean '{close[0]}'?" if close else f"names look like '{names[0]}'" if names else ""
+                raise InputError(f"steps.{index}.{key}: '{pattern}' matches no module of the model; {hint}")
     widest = max((p.shape[0] for p in module.parameters() if p.dim() >= 2), default=0)
-    if step.ratio > 0 and 0 < widest <= step.min_channels:
+    if step.ratio != 0 and 0 < widest <= step.min_channels:  # threshold and target modes (ratio None) prune too
         raise InputError(
             f"steps.{index}.min_channels is {step.min_channels} but the widest layer has {widest} channels, "
             "so nothing would be pruned; lower min_channels"

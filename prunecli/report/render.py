@@ -18,6 +18,7 @@ from prunecli.report.rows import (
     gate_rows,
     gates_passed,
     group_rows,
+    selection_line,
     verification_line,
 )
 
@@ -37,8 +38,11 @@ def gates_table(report: dict[str, Any]) -> Table:
     return _rich_table(header, rows, title="gates")
 
 
-def report_markdown(report: dict[str, Any]) -> str:
-    """The whole report as markdown: run facts, stage comparison, verification, gates, groups."""
+def report_markdown(report: dict[str, Any], *, plot_section: str | None = None) -> str:
+    """The whole report as markdown: run facts, stage comparison, verification, gates, selection, groups.
+
+    ``plot_section`` (from ``prunecli.report.plots.plot_markdown``) follows the group table.
+    """
     sections = ["# prunecli report", _facts_markdown(report)]
     sections += ["## Measurements", _markdown_table(*comparison_rows(report))]
     sections += ["## Verification", verification_line(report)]
@@ -46,9 +50,12 @@ def report_markdown(report: dict[str, Any]) -> str:
     if gates:
         verdict = "all gates passed" if gates_passed(report) else "a gate FAILED"
         sections += ["## Gates", verdict, _markdown_table(gate_header, gates)]
+    if report.get("selection"):
+        sections += ["## Selection", selection_line(report)]
     group_header, groups = group_rows(report)
     if groups:
         sections += ["## Channels kept per group", _markdown_table(group_header, groups)]
+        sections += [plot_section] if plot_section else []
     return "\n\n".join(sections) + "\n"
 
 

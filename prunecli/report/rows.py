@@ -74,14 +74,47 @@ def gate_rows(report: dict[str, Any]) -> tuple[Row, list[Row]]:
 
 
 def group_rows(report: dict[str, Any]) -> tuple[Row, list[Row]]:
-    """Header and one row per pruning group: channels before, kept, fraction removed, status."""
+    """Header and one row per pruning group: channels before, kept, fraction removed, status.
+
+    A ``threshold`` column (the score cutoff, in the group's score units) appears when a
+    threshold selected the channels; the status names an override or a limit that decided the
+    count (``min_channels kept``: the mode would have left fewer).
+    """
+    groups = report.get("groups") or []
+    thresholds = any(group.get("threshold") is not None for group in groups)
     rows = []
-    for group in report.get("groups") or []:
+    for group in groups:
         channels, kept = group.get("channels"), group.get("kept")
         removed = f"{(1 - kept / channels) * 100:.1f}%" if channels and kept is not None else MISSING
-        status = "prunable" if group.get("prunable") else f"kept: {group.get('reason') or 'not prunable'}"
-        rows.append([str(group.get("name")), _format(channels, "count"), _format(kept, "count"), removed, status])
-    return ["group", "channels", "kept", "removed", "status"], rows
+        row = [str(group.get("name")), _format(channels, "count"), _format(kept, "count"), removed]
+        if thresholds:
+            row.append(_number(group.get("threshold")))
+        rows.append([*row, _group_status(group)])
+    header = ["group", "channels", "kept", "removed", *(["threshold"] if thresholds else []), "status"]
+    return header, rows
+
+
+def selection_line(report: dict[str, Any]) -> str:
+    """How channels were selected: ``target macs: requested 0.5, achieved 0.4984 (10 measurements)``."""
+    selection = report.get("selection") or {}
+    mode = selection.get("mode")
+    if mode == "target":
+        return (f"target {selection.get('metric')}: requested {_number(selection.get('requested'))}, achieved "
+                f"{_number(selection.get('achieved'))} ({selection.get('measurements')} measurements)")  # fmt: skip
+    if mode == "threshold":
+        return f"threshold ({selection.get('form')} {_number(selection.get('value'))}, {selection.get('scope')})"
+    if mode == "ratio":
+        return f"ratio {_number(selection.get('ratio'))} ({selection.get('scope')})"
+    return MISSING
+
+
+def _group_status(group: dict[str, Any]) -> str:
+    if not group.get("prunable"):
+        return f"kept: {group.get('reason') or 'not prunable'}"
+    notes = [f"override {group['override']:g}"] if group.get("override") is not None else []
+    limit = group.get("limit")
+    notes += ["min_channels kept"] if limit == "min_channels" else ["capped at max_ratio"] if limit else []
+    return "; ".join(["prunable", *notes])
 
 
 def verification_line(report: dict[str, Any]) -> str:

@@ -1,5 +1,5 @@
-"""Selection: from scores to the channels each group loses."""
+"""Selection: from scores to the channels each group loses (ratio, threshold or target)."""
 
-from prunecli.selection.plan import PrunePlan, select_channels
+from prunecli.selection.plan import GroupChoice, PrunePlan, select_channels
 
-__all__ = ["PrunePlan", "select_channels"]
+__all__ = ["GroupChoice", "PrunePlan", "select_channels"]

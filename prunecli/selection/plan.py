@@ -1,24 +1,58 @@
-"""Turn per-channel scores into a plan: which channels of which group are removed."""
+"""Turn per-channel scores into a plan: which channels of which group are removed.
+
+Every mode first decides how many channels each group loses, then the same rules finish the
+plan: a group matched by ``overrides`` loses its override's ratio instead, every other group at
+most ``max_ratio`` of its channels, then each group keeps a multiple of ``round_to`` (rounded up)
+and at least ``min_channels``; the lowest-scored channels go. ``PrunePlan.choices`` records,
+per group, the threshold used and which limit changed the count, for the report.
+"""
 
 from __future__ import annotations
 
 import fnmatch
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
 from prunecli.config.schema import SelectStep
+from prunecli.errors import InternalError
 from prunecli.graph.channel_graph import ChannelGraph, PruningGroup
+from prunecli.selection.targets import bisect_target, ranked_owners
+from prunecli.selection.thresholds import threshold_counts
+
+Removed = Mapping[int, np.ndarray]
+Measure = Callable[[Removed], float]
+
+
+@dataclass(frozen=True)
+class GroupChoice:
+    """How one group's count was decided: its score cutoff (threshold modes), its override, its limit.
+
+    ``limit`` is ``"max_ratio"`` when the mode wanted more than ``max_ratio`` of the group, and
+    ``"min_channels"`` when it would have left fewer than ``min_channels`` (e.g. a threshold above
+    every score of the group).
+    """
+
+    threshold: float | None = None
+    override: float | None = None
+    limit: str | None = None
 
 
 @dataclass
 class PrunePlan:
-    """Channels removed per group id (sorted indices), plus groups skipped and why."""
+    """Channels removed per group id (sorted indices), groups skipped and why, and how it was chosen.
+
+    ``selection`` summarises the mode for the report, e.g. ``{"mode": "target", "metric": "macs",
+    "requested": 0.5, "achieved": 0.497, "measurements": 12}``.
+    """
 
     removed: dict[int, np.ndarray]
     skipped: dict[int, str] = field(default_factory=dict)
+    choices: dict[int, GroupChoice] = field(default_factory=dict)
+    selection: dict[str, Any] = field(default_factory=dict)
 
     def leave_intact(self, reasons: Mapping[int, str]) -> None:
         """Take groups out of the plan, recording why they stay whole."""
@@ -31,28 +65,100 @@ class PrunePlan:
         return group.channels - len(self.removed.get(group.id, ()))
 
 
-def select_channels(graph: ChannelGraph, scores: Mapping[int, np.ndarray], step: SelectStep) -> PrunePlan:
-    """Remove the ``step.ratio`` lowest-scored fraction of channels, per group or globally.
+@dataclass(frozen=True)
+class _Inputs:
+    """What every mode shares: the groups in play, their scores, the step, and the fixed (overridden) ratios."""
 
-    ``local``: each group loses ``floor(ratio * channels)``. ``global``: scores are divided by
-    their group's mean and the lowest ``ratio`` of all channels go. Either way each group then
-    keeps a multiple of ``round_to`` (rounded up) and at least ``min_channels``.
+    groups: list[PruningGroup]
+    scores: Mapping[int, np.ndarray]
+    step: SelectStep
+    overrides: dict[int, float]
+    skipped: dict[int, str]
+
+    @property
+    def free(self) -> list[PruningGroup]:
+        return [g for g in self.groups if g.id not in self.overrides]
+
+
+def select_channels(
+    graph: ChannelGraph, scores: Mapping[int, np.ndarray], step: SelectStep, *, measure: Measure | None = None
+) -> PrunePlan:
+    """The plan of ``step``'s mode (ratio, threshold or target) over the graph's prunable groups.
+
+    ``ratio``, ``local``: each group loses ``floor(ratio * channels)``; ``global``: scores are
+    divided by their group's mean and the lowest ``ratio`` of all channels go. ``threshold``: see
+    ``prunecli.selection.thresholds``. ``target``: ``measure(removed)`` gives the figure of a
+    candidate plan (fraction of MACs or params kept, or latency in ms) and the number of globally
+    ranked channels removed is bisected to meet it (``prunecli.selection.targets``).
     """
-    skipped = {g.id: "ignored by select.ignore" for g in graph.prunable_groups if _ignored(g, step.ignore)}
+    skipped = {g.id: "ignored by select.ignore" for g in graph.prunable_groups if _matches(g, step.ignore)}
     groups = [g for g in graph.prunable_groups if g.id not in skipped and g.id in scores]
-    counts = _local_counts(groups, step.ratio) if step.scope == "local" else _global_counts(groups, scores, step.ratio)
-    removed = {}
-    for group in groups:
-        count = _adjust(group.channels, counts[group.id], round_to=step.round_to, min_channels=step.min_channels)
+    overrides = {g.id: ratio for g in groups if (ratio := _override(g, step.overrides)) is not None}
+    inputs = _Inputs(groups=groups, scores=scores, step=step, overrides=overrides, skipped=skipped)
+    if step.mode == "target":
+        return _select_target(inputs, measure)
+    free = inputs.free
+    if step.mode == "threshold":
+        form = ("absolute", float(step.threshold)) if isinstance(step.threshold, (int, float)) else step.threshold.form
+        counts, cutoffs = threshold_counts([scores[g.id] for g in free], form, scope=step.scope)
+        plan = _finish(inputs, dict(zip([g.id for g in free], counts)), dict(zip([g.id for g in free], cutoffs)))
+        plan.selection = {"mode": "threshold", "form": form[0], "value": form[1], "scope": step.scope}
+        return plan
+    counts = _local_counts(free, step.ratio) if step.scope == "local" else _global_counts(free, scores, step.ratio)
+    plan = _finish(inputs, counts, {})
+    plan.selection = {"mode": "ratio", "ratio": step.ratio, "scope": step.scope}
+    return plan
+
+
+def _select_target(inputs: _Inputs, measure: Measure | None) -> PrunePlan:
+    if measure is None:
+        raise InternalError("a select target needs a measure of candidate plans")
+    free = inputs.free
+    owners = ranked_owners([inputs.scores[g.id] for g in free])
+
+    def plan_for(count: int) -> PrunePlan:
+        removed = np.bincount(owners[:count], minlength=len(free))
+        return _finish(inputs, {g.id: int(n) for g, n in zip(free, removed)}, {})
+
+    metric, requested = inputs.step.target.metric
+    search = bisect_target(lambda n: measure(plan_for(n).removed), requested=requested, high=len(owners))
+    plan = plan_for(search.count)
+    plan.selection = {
+        "mode": "target", "metric": metric, "requested": requested, "achieved": search.achieved,
+        "measurements": search.measurements, "ranked_channels_removed": search.count,
+    }  # fmt: skip
+    return plan
+
+
+def _finish(inputs: _Inputs, counts: Mapping[int, int], cutoffs: Mapping[int, float]) -> PrunePlan:
+    """Apply overrides, max_ratio, round_to and min_channels; the lowest-scored channels go."""
+    step = inputs.step
+    removed, choices = {}, {}
+    for group in inputs.groups:
+        override = inputs.overrides.get(group.id)
+        wanted = math.floor(override * group.channels) if override is not None else counts.get(group.id, 0)
+        cap = group.channels if override is not None else math.floor(step.max_ratio * group.channels)
+        limit = "max_ratio" if wanted > cap else None
+        wanted = min(wanted, cap)
+        if group.channels - wanted < min(step.min_channels, group.channels) or wanted >= group.channels:
+            limit = "min_channels"
+        count = _adjust(group.channels, wanted, round_to=step.round_to, min_channels=step.min_channels)
+        choices[group.id] = GroupChoice(threshold=cutoffs.get(group.id), override=override, limit=limit)
         if count:
-            order = np.argsort(scores[group.id], kind="stable")
+            order = np.argsort(inputs.scores[group.id], kind="stable")
             removed[group.id] = np.sort(order[:count])
-    return PrunePlan(removed=removed, skipped=skipped)
+    return PrunePlan(removed=removed, skipped=dict(inputs.skipped), choices=choices)
 
 
-def _ignored(group: PruningGroup, patterns: Sequence[str]) -> bool:
+def _matches(group: PruningGroup, patterns: Sequence[str]) -> bool:
+    """Whether a producer module of ``group`` is named by one of ``patterns`` (a glob, or a parent module)."""
     modules = {member.module for member in group.producers}
     return any(fnmatch.fnmatchcase(m, p) or m.startswith(p + ".") for m in modules for p in patterns)
+
+
+def _override(group: PruningGroup, overrides: Mapping[str, float]) -> float | None:
+    """The ratio of the first ``overrides`` glob that names a producer of ``group``, or None."""
+    return next((ratio for pattern, ratio in overrides.items() if _matches(group, [pattern])), None)
 
 
 def _local_counts(groups: Sequence[PruningGroup], ratio: float) -> dict[int, int]:
@@ -60,13 +166,9 @@ def _local_counts(groups: Sequence[PruningGroup], ratio: float) -> dict[int, int
 
 
 def _global_counts(groups: Sequence[PruningGroup], scores: Mapping[int, np.ndarray], ratio: float) -> dict[int, int]:
-    if not groups:
-        return {}
-    normalized = [scores[g.id] / (scores[g.id].mean() if scores[g.id].mean() > 0 else 1.0) for g in groups]
-    owners = np.concatenate([np.full(g.channels, i) for i, g in enumerate(groups)])
-    order = np.argsort(np.concatenate(normalized), kind="stable")
-    lowest = owners[order[: math.floor(ratio * len(owners))]]
-    return {g.id: int((lowest == i).sum()) for i, g in enumerate(groups)}
+    owners = ranked_owners([scores[g.id] for g in groups])
+    lowest = np.bincount(owners[: math.floor(ratio * len(owners))], minlength=len(groups))
+    return {g.id: int(n) for g, n in zip(groups, lowest)}
 
 
 def _adjust(channels: int, count: int, *, round_to: int, min_channels: int) -> int:
