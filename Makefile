@@ -11,7 +11,7 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/python -m pip install -q --upgrade pip
 	# torch first, pinned, so that the open range in pyproject resolves to it (no CUDA download).
 	$(BIN)/python -m pip install -q -c constraints.txt torch
-	$(BIN)/python -m pip install -q -c constraints.txt -e '.[test,zoo]'
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[test,zoo,plots]'
 	touch $(STAMP)
 
 demo: $(STAMP)
