@@ -205,3 +205,11 @@ def test_macs_target_on_resnet18(timm_module) -> None:
 
     pruned = prune_module(model, graph, plan.removed, inputs=inputs, tolerance=1e-4).module
     assert count_macs(pruned, inputs) / count_macs(model, inputs) == pytest.approx(0.5, rel=0.02)
+
+
+def test_a_latency_target_is_searched_with_real_measurements(tmp_path: Path) -> None:
+    """Wiring only (the bench bench/latency_target.py checks that targets are met): 1 s is met at once."""
+    report = _run(tmp_path, "{kind: select, target: {latency_ms: 1000}}")
+    selection = report["selection"]
+    assert selection["metric"] == "latency_ms" and selection["measurements"] == 1 and 0 < selection["achieved"] < 1000
+    assert report["pruned"]["params"] == report["original"]["params"]
