@@ -213,3 +213,13 @@ def test_a_latency_target_is_searched_with_real_measurements(tmp_path: Path) -> 
     selection = report["selection"]
     assert selection["metric"] == "latency_ms" and selection["measurements"] == 1 and 0 < selection["achieved"] < 1000
     assert report["pruned"]["params"] == report["original"]["params"]
+
+
+def test_override_globs_must_name_a_module(cnn) -> None:
+    from prunecli.errors import InputError
+    from prunecli.pipeline.checks import _check_select
+
+    module = cnn[0]
+    with pytest.raises(InputError, match=r"steps.1.overrides: 'branch9_conv' matches no module of the model; did you"):
+        _check_select(SelectStep(kind="select", ratio=0.3, overrides={"branch9_conv": 0.5}), index=1, module=module)
+    _check_select(SelectStep(kind="select", threshold={"std": 1}), index=1, module=module)  # no ratio: no error

@@ -6,7 +6,7 @@ e.g. the fraction of the original MACs kept. The figure must not grow as ``n`` g
 latency measurement may break this a little; the search still ends)::
 
     search = bisect_target(lambda n: 1 - n / 100, requested=0.5, high=100)
-    search.count, search.achieved, search.measurements   # 50, 0.5, 8
+    search.count, search.achieved, search.measurements   # 50, 0.5, 9
 """
 
 from __future__ import annotations
