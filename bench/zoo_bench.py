@@ -78,6 +78,7 @@ def _prune(row: BenchRow, *, timm: ModuleType, ratio: float, input_size: int, nu
     import torch
 
     from prunecli.config.schema import SelectStep
+    from prunecli.criteria.inputs import ScoringInputs
     from prunecli.criteria.registry import get_criterion
     from prunecli.graph.trace import build_channel_graph
     from prunecli.selection import select_channels
@@ -90,7 +91,7 @@ def _prune(row: BenchRow, *, timm: ModuleType, ratio: float, input_size: int, nu
     started = time.perf_counter()
     graph = build_channel_graph(model, inputs)
     row.graph_seconds = time.perf_counter() - started
-    scores = get_criterion("l2")(graph, module=model, seed=0)
+    scores = get_criterion("l2")(ScoringInputs(graph=graph, module=model, seed=0))
     step = SelectStep(kind="select", ratio=ratio, scope="local", ignore=_classifier_names(model))
     removed = select_channels(graph, scores, step).removed
     started = time.perf_counter()

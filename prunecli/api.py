@@ -23,7 +23,9 @@ if TYPE_CHECKING:
     import onnx
     import torch
 
-    from prunecli.pipeline.options import RunResult
+    from prunecli.config.schema import Pipeline
+    from prunecli.pipeline.options import RunOptions, RunResult
+    from prunecli.pipeline.sensitivity import SensitivityResult
 
 PathLike = str | os.PathLike[str]
 DEVICES = ("cpu", "cuda")
@@ -68,23 +70,48 @@ def run(
     ).report  # fmt: skip
 
 
-def run_file(
+def run_file(pipeline: PathLike, **options: Any) -> RunResult:
+    """``run`` returning the whole ``RunResult`` (report, gates verdict, written paths, module); the CLI's path.
+
+    ``options`` are ``run``'s keywords plus ``progress`` (progress bars on stderr).
+    """
+    from prunecli.pipeline.runner import run_pipeline
+
+    loaded, run_options = load_run(pipeline, **options)
+    return run_pipeline(loaded, options=run_options)
+
+
+def sensitivity_file(pipeline: PathLike, *, ratios: Sequence[float], **options: Any) -> SensitivityResult:
+    """``prunecli sensitivity``: sweep every prunable group of the pipeline's model at ``ratios``.
+
+    ``options`` are ``run``'s keywords (the output folder defaults to ``out/<stem>-sensitivity``)
+    plus ``progress``, a callable ``(points done, points in all)``.
+    """
+    from prunecli.pipeline.sensitivity import run_sensitivity
+
+    progress = options.pop("progress", None)
+    if options.get("output") is None:
+        options["output"] = Path("out") / f"{Path(pipeline).stem}-sensitivity"
+    loaded, run_options = load_run(pipeline, **options)
+    return run_sensitivity(loaded, options=run_options, ratios=ratios, progress=progress)
+
+
+def load_run(
     pipeline: PathLike,
     *,
-    model: PathLike | None,
-    data: PathLike | None,
-    output: PathLike | None,
-    set: Sequence[str] | Mapping[str, Any] | None,
-    device: str | None,
-    seed: int | None,
-    threads: int | None,
-    trust_pickle: bool,
+    model: PathLike | None = None,
+    data: PathLike | None = None,
+    output: PathLike | None = None,
+    set: Sequence[str] | Mapping[str, Any] | None = None,
+    device: str | None = None,
+    seed: int | None = None,
+    threads: int | None = None,
+    trust_pickle: bool = False,
     progress: bool = False,
-) -> RunResult:
-    """``run`` returning the whole ``RunResult`` (report, gates verdict, written paths, module); the CLI's path."""
+) -> tuple[Pipeline, RunOptions]:
+    """The validated pipeline file with its overrides applied, and the options a run of it takes."""
     from prunecli.config.loading import apply_cli_overrides, load_pipeline
     from prunecli.pipeline.options import RunOptions
-    from prunecli.pipeline.runner import run_pipeline
 
     if device is not None and device not in DEVICES:
         raise InputError(f"device must be one of {', '.join(DEVICES)}, got {device!r}; pass device='cpu' or 'cuda'")
@@ -101,7 +128,7 @@ def run_file(
         trust_pickle=trust_pickle,
         progress=progress,
     )
-    return run_pipeline(loaded, options=options)
+    return loaded, options
 
 
 def _override_strings(overrides: Sequence[str] | Mapping[str, Any] | None) -> list[str]:

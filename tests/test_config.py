@@ -71,7 +71,8 @@ def test_top_level_must_be_a_mapping(tmp_path: Path, text: str, got: str) -> Non
 def test_unknown_key_lists_known_keys_and_close_match(tmp_path: Path) -> None:
     path = write(tmp_path, VALID.replace("criterion: l2", "critrion: l2"))
     message = load_error(path)
-    assert message == f"{path}: steps.0.critrion: unknown key; known keys: kind, criterion; did you mean 'criterion'?"
+    known = "kind, criterion, batches, reduction"
+    assert message == f"{path}: steps.0.critrion: unknown key; known keys: {known}; did you mean 'criterion'?"
 
 
 def test_unknown_key_without_close_match_and_nested(tmp_path: Path) -> None:

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from prunecli.config.schema import SelectStep
+from prunecli.criteria.inputs import ScoringInputs
 from prunecli.criteria.registry import get_criterion
 from prunecli.graph.trace import build_channel_graph
 from prunecli.selection import select_channels
@@ -49,7 +50,7 @@ def test_pruned_equals_masked_original(name: str, seed: int) -> None:
 @pytest.mark.parametrize("name", sorted(TEST_MODELS))
 def test_ratio_zero_changes_nothing(name: str) -> None:
     model, inputs, graph = _build(name)
-    scores = get_criterion("l2")(graph, module=model, seed=0)
+    scores = get_criterion("l2")(ScoringInputs(graph=graph, module=model, seed=0))
     plan = select_channels(graph, scores, SelectStep(kind="select", ratio=0.0))
     pruned, keep = _prune(model, graph, plan.removed)
     assert keep == {}
@@ -119,7 +120,7 @@ def test_attributes_follow_the_new_shapes() -> None:
 
 def test_selection_rounds_and_respects_min_channels_and_ignore() -> None:
     model, _, graph = _build("residual")
-    scores = get_criterion("l1")(graph, module=model, seed=0)
+    scores = get_criterion("l1")(ScoringInputs(graph=graph, module=model, seed=0))
     step = SelectStep(kind="select", ratio=0.9, round_to=4, min_channels=4, ignore=["stem"])
     plan = select_channels(graph, scores, step)
     for group in graph.prunable_groups:
@@ -135,7 +136,7 @@ def test_l2_removes_the_weakest_channels() -> None:
     with torch.no_grad():
         model.net[0].weight[:8] *= 1e-3  # neurons 0..7 of the first hidden layer barely matter
     graph = build_channel_graph(model, torch.randn(4, 10))
-    scores = get_criterion("l2")(graph, module=model, seed=0)
+    scores = get_criterion("l2")(ScoringInputs(graph=graph, module=model, seed=0))
     plan = select_channels(graph, scores, SelectStep(kind="select", ratio=0.25))
     first = next(g for g in graph.prunable_groups if g.name == "net.0")
     assert plan.removed[first.id].tolist() == list(range(8))
@@ -143,7 +144,7 @@ def test_l2_removes_the_weakest_channels() -> None:
 
 def test_global_scope_removes_the_requested_share_of_channels() -> None:
     model, _, graph = _build("depthwise")
-    scores = get_criterion("random")(graph, module=model, seed=3)
+    scores = get_criterion("random")(ScoringInputs(graph=graph, module=model, seed=3))
     plan = select_channels(graph, scores, SelectStep(kind="select", ratio=0.5, scope="global"))
     total = sum(g.channels for g in graph.prunable_groups)
     removed = sum(len(r) for r in plan.removed.values())

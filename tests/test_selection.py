@@ -128,7 +128,9 @@ def test_targets_are_met_within_two_percent_by_the_reports_counter(cnn, metric, 
     [
         ({}, "ratio: missing required key; add it"),
         ({"ratio": 0.5, "threshold": 0.1}, "ratio and threshold exclude each other; keep one of ratio, "
-                                           "threshold or target"),
+                                           "threshold, target or by: sensitivity"),
+        ({"by": "sensitivity"}, "by: sensitivity needs max_drop"),
+        ({"ratio": 0.5, "max_drop": 0.01}, "max_drop applies to by: sensitivity only"),
         ({"threshold": {"relative": 0.1, "std": 1}}, "threshold: set exactly one of relative, std or percentile"),
         ({"threshold": {"relativ": 0.1}}, "threshold: unknown key 'relativ'; use one of relative, std or percentile"),
         ({"target": {}}, "target: set exactly one of macs, params or latency_ms"),

@@ -242,6 +242,7 @@ PUBLISHED = {
 @pytest.mark.parametrize("name", sorted(PUBLISHED))
 def test_structure_figures_agree_with_published_ones(name: str, timm_module) -> None:
     from prunecli.config.schema import SelectStep
+    from prunecli.criteria.inputs import ScoringInputs
     from prunecli.criteria.registry import get_criterion
     from prunecli.graph.trace import build_channel_graph
     from prunecli.metrics.macs import count_macs
@@ -252,7 +253,7 @@ def test_structure_figures_agree_with_published_ones(name: str, timm_module) -> 
     model = timm_module.create_model(name, pretrained=False).eval()
     inputs = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(0))
     graph = build_channel_graph(model, inputs)
-    scores = get_criterion("l2")(graph, module=model, seed=0)
+    scores = get_criterion("l2")(ScoringInputs(graph=graph, module=model, seed=0))
     plan = select_channels(graph, scores, SelectStep(kind="select", ratio=0.5, ignore=["fc"]))
     pruned = prune_module(model, graph, plan.removed, inputs=inputs, tolerance=1e-4).module
     figures = PUBLISHED[name]

@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from prunecli import __version__
-from prunecli.cli import env, inspect, run, schema, validate
+from prunecli.cli import env, inspect, run, schema, sensitivity, validate
 
 app = typer.Typer(
     name="prunecli",
@@ -20,6 +20,7 @@ app.command("validate")(validate.validate)
 app.command("schema")(schema.schema)
 app.command("env")(env.env)
 app.command("inspect")(inspect.inspect)
+app.command("sensitivity")(sensitivity.sensitivity)
 
 
 def _print_version(value: bool) -> None:

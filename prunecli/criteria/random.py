@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import numpy as np
-import torch
 
+from prunecli.criteria.inputs import Scores, ScoringInputs
 from prunecli.criteria.registry import register
-from prunecli.graph.channel_graph import ChannelGraph
 
 
 @register("random")
-def random(graph: ChannelGraph, *, module: torch.nn.Module, seed: int) -> dict[int, np.ndarray]:
-    """Uniform random scores, reproducible from ``seed``."""
-    rng = np.random.default_rng(seed)
-    return {group.id: rng.random(group.channels) for group in graph.prunable_groups}
+def random(inputs: ScoringInputs) -> Scores:
+    """Uniform random scores, reproducible from ``inputs.seed`` (``reduction`` does not apply)."""
+    rng = np.random.default_rng(inputs.seed)
+    return {group.id: rng.random(group.channels) for group in inputs.graph.prunable_groups}

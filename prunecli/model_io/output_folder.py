@@ -54,6 +54,11 @@ class OutputFolder:
         staging.mkdir()
         return cls(path, staging)
 
+    @property
+    def progress_path(self) -> Path:
+        """A file beside the output folder for work that must survive a killed run (a sweep's points)."""
+        return self.path.parent / f".{self.path.name}.prunecli-progress.json"
+
     def final_path(self, staged: Path) -> Path:
         """Where a file written into the staging folder will be once committed."""
         return self.path / Path(staged).relative_to(self.staging)

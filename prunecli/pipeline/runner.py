@@ -41,15 +41,9 @@ def run_pipeline(pipeline: Pipeline, *, options: RunOptions) -> RunResult:
     verification mismatch still commits the report (the evidence), without a model.
     """
     pipeline = with_options(pipeline, options)
-    check_pipeline(pipeline, base_dir=options.base_dir)
-    inputs = input_files(pipeline, base_dir=options.base_dir) + [p for p in [options.pipeline_file] if p]
-    folder = OutputFolder.open(options.output_dir, inputs=inputs)
+    folder = open_output_folder(pipeline, options=options)
     with folder, torch_threads(pipeline.threads):
-        timings_s: dict[str, float] = {}
-        with timed(timings_s, "load"):
-            prepared = prepare(pipeline, base_dir=options.base_dir, trust_pickle=options.trust_pickle)
-            _seed_everything(pipeline.seed)
-            state = _start(pipeline, options=options, prepared=prepared, timings_s=timings_s)
+        state = start_state(pipeline, options=options)
         measure_stage(state, "original")
         try:
             for step in pipeline.steps:
@@ -64,6 +58,22 @@ def run_pipeline(pipeline: Pipeline, *, options: RunOptions) -> RunResult:
         folder.commit()
     passed = all(gate["passed"] for gate in report["gates"].values())
     return RunResult(report=report, gates_passed=passed, written=written, module=state.module)
+
+
+def open_output_folder(pipeline: Pipeline, *, options: RunOptions) -> OutputFolder:
+    """Check the pipeline before any work, then open its output folder (refusing one that holds an input)."""
+    check_pipeline(pipeline, base_dir=options.base_dir)
+    inputs = input_files(pipeline, base_dir=options.base_dir) + [p for p in [options.pipeline_file] if p]
+    return OutputFolder.open(options.output_dir, inputs=inputs)
+
+
+def start_state(pipeline: Pipeline, *, options: RunOptions) -> RunState:
+    """Load and check the model and data of a checked pipeline, seeded: the state the steps start from."""
+    timings_s: dict[str, float] = {}
+    with timed(timings_s, "load"):
+        prepared = prepare(pipeline, base_dir=options.base_dir, trust_pickle=options.trust_pickle)
+        _seed_everything(pipeline.seed)
+        return _start(pipeline, options=options, prepared=prepared, timings_s=timings_s)
 
 
 def with_options(pipeline: Pipeline, options: RunOptions) -> Pipeline:
@@ -81,7 +91,7 @@ def _write_reports(state: RunState, folder: OutputFolder, *, written: dict[str, 
     with state.timed("write"):
         written["pipeline"] = folder.path / "pipeline.resolved.yaml"
         report = build_report(state, written=written)
-        staged = write_report(report, out_dir=folder.staging)
+        staged = write_report(report, out_dir=folder.staging, plots=True)
         written.update({key: folder.final_path(path) for key, path in staged.items()})
         resolved = with_absolute_paths(state.pipeline, base_dir=state.options.base_dir)
         atomic_write_text(folder.staging / "pipeline.resolved.yaml", dump_resolved(resolved))
@@ -160,6 +170,8 @@ def build_report(state: RunState, *, written: dict[str, Path]) -> dict[str, Any]
     report["verification"] = state.verification.to_dict() if state.verification else None
     report["gates"] = evaluate_gates(state.pipeline.gates, original=state.stages["original"], final=final)
     report["groups"] = _group_rows(state)
+    report["selection"] = state.plan.selection if state.plan else None  # mode; for targets requested/achieved
+    report["scoring"] = state.scoring  # per score step: criterion, seconds, batches, groups left unscored
     report["prunability"] = _prunability(state)
     report["model"] = {"path": str(state.loaded.source), "format": state.loaded.format}
     report["outputs"] = {key: str(path) for key, path in written.items()}
@@ -188,14 +200,34 @@ def _prunability(state: RunState) -> dict[str, Any] | None:
     }
 
 
+def _score_stats(scores: np.ndarray | None) -> dict[str, float] | None:
+    """min, median and max of a group's channel scores (None when the group has none)."""
+    if scores is None or len(scores) == 0:
+        return None
+    return {"min": float(np.min(scores)), "median": float(np.median(scores)), "max": float(np.max(scores))}
+
+
 def _group_rows(state: RunState) -> list[dict[str, Any]]:
     if state.graph is None:
         return []
     skipped = state.plan.skipped if state.plan else {}
     rows = []
-    for group in state.graph.groups:
+    for group in _in_model_order(state.graph.groups, state.original):
         kept = state.plan.kept(group) if state.plan else group.channels
         reason = group.reason or skipped.get(group.id)
         rows.append({"name": group.name, "channels": group.channels, "kept": kept,
                      "prunable": group.prunable and group.id not in skipped, "reason": reason})  # fmt: skip
+        choice = state.plan.choices.get(group.id) if state.plan else None
+        rows[-1].update(threshold=choice.threshold if choice else None, override=choice.override if choice else None,
+                        limit=choice.limit if choice else None)  # fmt: skip
+        rows[-1]["score"] = _score_stats(state.scores.get(group.id) if state.scores else None)
     return rows
+
+
+def _in_model_order(groups: list[Any], module: torch.nn.Module | None) -> list[Any]:
+    """``groups`` sorted by where their first producer module comes in ``module`` (the rest last, as they were)."""
+    if module is None:
+        return list(groups)
+    position = {name: index for index, (name, _) in enumerate(module.named_modules())}
+    last = len(position)
+    return sorted(groups, key=lambda g: min((position.get(m.module, last) for m in g.producers), default=last))

@@ -46,6 +46,7 @@ class RunState:
     original: torch.nn.Module | None = None
     graph: ChannelGraph | None = None
     scores: dict[int, np.ndarray] | None = None
+    scoring: list[dict[str, Any]] = field(default_factory=list)  # per score step: criterion, cost, unscored
     plan: PrunePlan | None = None
     keep: dict[str, dict[int, Any]] = field(default_factory=dict)
     attributes: dict[str, dict[str, int]] = field(default_factory=dict)

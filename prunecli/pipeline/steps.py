@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from prunecli.config.schema import EvaluateStep, FinetuneStep, PruneStep, ScoreStep, SelectStep
-from prunecli.criteria.registry import get_criterion
+from prunecli.criteria.inputs import ScoringInputs
+from prunecli.criteria.scoring import score_groups
 from prunecli.errors import InputError, VerificationError
 from prunecli.finetune import finetune
 from prunecli.graph.trace import build_channel_graph
@@ -31,21 +32,49 @@ def score(state: RunState, step: ScoreStep) -> None:
     if state.graph is None:
         with state.timed("trace"):
             state.graph = build_channel_graph(state.module, state.sample)
+    split = state.data.train if state.data.train is not None else state.data.eval
+    inputs = ScoringInputs(
+        graph=state.graph, module=state.module, seed=state.seed, reduction=step.reduction, split=split,
+        batch_size=state.pipeline.data.batch_size, batch_count=step.batches, device=state.device,
+        progress=state.options.progress,
+    )  # fmt: skip
     with state.timed("score"):
-        state.scores = get_criterion(step.criterion)(state.graph, module=state.module, seed=state.seed)
+        result = score_groups(step.criterion_spec, inputs)
+    state.scores = result.scores
+    state.scoring.append(result.to_report(names={group.id: group.name for group in state.graph.groups}))
 
 
 @handles(SelectStep)
 def select(state: RunState, step: SelectStep) -> None:
     """Choose the channels each group loses."""
     widest = max((group.channels for group in state.graph.prunable_groups), default=0)
-    if step.ratio > 0 and 0 < widest <= step.min_channels:
+    if step.ratio != 0 and 0 < widest <= step.min_channels:
         raise InputError(
             f"select.min_channels is {step.min_channels} but the widest prunable group has {widest} channels, "
             "so nothing would be pruned; lower min_channels"
         )
+    measure = None
+    if step.target is not None:
+        from prunecli.pipeline.measure import latency_input
+        from prunecli.selection.measures import target_measure
+
+        example = latency_input(state).to(state.device)
+        measure = target_measure(
+            step.target.metric[0], module=state.module, graph=state.graph, example=example,
+            spec=state.pipeline.latency, device=state.device, threads=state.latency_threads,
+        )  # fmt: skip
+    group_ratios = _sensitivity_ratios(state, step) if step.mode == "sensitivity" else None
     with state.timed("select"):
-        state.plan = select_channels(state.graph, state.scores, step)
+        state.plan = select_channels(state.graph, state.scores, step, measure=measure, group_ratios=group_ratios)
+
+
+def _sensitivity_ratios(state: RunState, step: SelectStep) -> dict[str, float]:
+    """Per group name, the largest swept ratio at which the group alone costs at most ``max_drop``."""
+    from prunecli.pipeline.sensitivity import ratios_within, sensitivity_sweep
+
+    with state.timed("sensitivity"):
+        sweep = sensitivity_sweep(state, ratios=step.sensitivity_ratios)
+    return ratios_within(sweep, max_drop=step.max_drop)
 
 
 @handles(PruneStep)

@@ -81,7 +81,12 @@ class _Inputs:
 
 
 def select_channels(
-    graph: ChannelGraph, scores: Mapping[int, np.ndarray], step: SelectStep, *, measure: Measure | None = None
+    graph: ChannelGraph,
+    scores: Mapping[int, np.ndarray],
+    step: SelectStep,
+    *,
+    measure: Measure | None = None,
+    group_ratios: Mapping[str, float] | None = None,
 ) -> PrunePlan:
     """The plan of ``step``'s mode (ratio, threshold or target) over the graph's prunable groups.
 
@@ -90,6 +95,7 @@ def select_channels(
     ``prunecli.selection.thresholds``. ``target``: ``measure(removed)`` gives the figure of a
     candidate plan (fraction of MACs or params kept, or latency in ms) and the number of globally
     ranked channels removed is bisected to meet it (``prunecli.selection.targets``).
+    ``sensitivity``: ``group_ratios`` gives each group's ratio by group name (from a sweep).
     """
     skipped = {g.id: "ignored by select.ignore" for g in graph.prunable_groups if _matches(g, step.ignore)}
     groups = [g for g in graph.prunable_groups if g.id not in skipped and g.id in scores]
@@ -97,6 +103,8 @@ def select_channels(
     inputs = _Inputs(groups=groups, scores=scores, step=step, overrides=overrides, skipped=skipped)
     if step.mode == "target":
         return _select_target(inputs, measure)
+    if step.mode == "sensitivity":
+        return _select_by_group_ratios(inputs, group_ratios or {})
     free = inputs.free
     if step.mode == "threshold":
         form = ("absolute", float(step.threshold)) if isinstance(step.threshold, (int, float)) else step.threshold.form
@@ -127,6 +135,14 @@ def _select_target(inputs: _Inputs, measure: Measure | None) -> PrunePlan:
         "mode": "target", "metric": metric, "requested": requested, "achieved": search.achieved,
         "measurements": search.measurements, "ranked_channels_removed": search.count,
     }  # fmt: skip
+    return plan
+
+
+def _select_by_group_ratios(inputs: _Inputs, group_ratios: Mapping[str, float]) -> PrunePlan:
+    counts = {g.id: math.floor(group_ratios.get(g.name, 0.0) * g.channels) for g in inputs.free}
+    plan = _finish(inputs, counts, {})
+    chosen = {g.name: group_ratios.get(g.name, 0.0) for g in inputs.free}
+    plan.selection = {"mode": "sensitivity", "max_drop": inputs.step.max_drop, "group_ratios": chosen}
     return plan
 
 
