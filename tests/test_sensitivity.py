@@ -84,3 +84,7 @@ def test_select_by_sensitivity_gives_each_group_the_ratio_its_curve_allows(tmp_p
     for group in report["groups"]:
         if group["name"] in chosen:
             assert group["kept"] == group["channels"] - int(chosen[group["name"]] * group["channels"])
+    written = {path.name for path in (tmp_path / "run").iterdir()}
+    assert {"sensitivity.json", "sensitivity.md", "sensitivity.png", "channels.png"} <= written
+    markdown = (tmp_path / "run" / "report.md").read_text()
+    assert "![accuracy against ratio removed](sensitivity.png)" in markdown and "channels.png" in markdown

@@ -9,8 +9,9 @@ block of features); groups without such a consumer fall back to their producers'
 - ``activation``: mean |activation| per channel.
 - ``apoz`` (Hu et al. 2016): the average percentage of zeros; the score is ``1 - APoZ``, so a
   channel that is almost always zero scores low.
-- ``taylor`` (Molchanov et al. 2017): |sum over the batch of activation x dL/d(activation)|,
-  averaged over batches: the first-order change of the loss if the channel were zeroed.
+- ``taylor`` (Molchanov et al. 2017): |activation x dL/d(activation)| per example and position,
+  averaged: the first-order change of the loss if the channel were zeroed, taken per example so
+  that a converged model's gradients do not cancel out over a batch.
 - ``gradient``: mean |dL/dw| over the group's weights (every member's slices).
 - ``weight_activation``: mean |activation| times the sum of |w| over the channel's outgoing
   (consumer) weights.
@@ -91,8 +92,16 @@ def apoz(inputs: ScoringInputs) -> Scores:
 @register("taylor")
 def taylor(inputs: ScoringInputs) -> Scores:
     """|sum of activation x gradient| per channel where its consumers read it, averaged over batches."""
-    stat: Stat = lambda values, grads: (values * grads).sum(0).abs()  # noqa: E731
-    return _observe(inputs, stat, label="taylor", with_grad=True, within="sum")
+    return _observe(inputs, _taylor_stat, label="taylor", with_grad=True, within="sum")
+
+
+def _taylor_stat(values: torch.Tensor, grads: torch.Tensor) -> torch.Tensor:
+    """Mean over examples and positions of |activation x gradient|; ``values`` is (examples x positions, channels).
+
+    The absolute value comes before the mean (as in Molchanov et al. 2017): summed over a batch
+    first, the products of a well-trained model cancel out and leave noise.
+    """
+    return (values * grads).abs().mean(0)
 
 
 @register("gradient")

@@ -91,7 +91,7 @@ def _write_reports(state: RunState, folder: OutputFolder, *, written: dict[str, 
     with state.timed("write"):
         written["pipeline"] = folder.path / "pipeline.resolved.yaml"
         report = build_report(state, written=written)
-        staged = write_report(report, out_dir=folder.staging, plots=True)
+        staged = write_report(report, out_dir=folder.staging, plots=True, sensitivity=state.sensitivity)
         written.update({key: folder.final_path(path) for key, path in staged.items()})
         resolved = with_absolute_paths(state.pipeline, base_dir=state.options.base_dir)
         atomic_write_text(folder.staging / "pipeline.resolved.yaml", dump_resolved(resolved))

@@ -52,6 +52,7 @@ class RunState:
     attributes: dict[str, dict[str, int]] = field(default_factory=dict)
     verification: Verification | None = None
     surgery_fallbacks: FallbackLog | None = None
+    sensitivity: dict[str, Any] | None = None
     stages: dict[str, dict[str, Any]] = field(default_factory=dict)
     snapshots: dict[str, Any] = field(default_factory=dict)
     timings_s: dict[str, float] = field(default_factory=dict)

@@ -73,8 +73,8 @@ def _sensitivity_ratios(state: RunState, step: SelectStep) -> dict[str, float]:
     from prunecli.pipeline.sensitivity import ratios_within, sensitivity_sweep
 
     with state.timed("sensitivity"):
-        sweep = sensitivity_sweep(state, ratios=step.sensitivity_ratios)
-    return ratios_within(sweep, max_drop=step.max_drop)
+        state.sensitivity = sensitivity_sweep(state, ratios=step.sensitivity_ratios)
+    return ratios_within(state.sensitivity, max_drop=step.max_drop)
 
 
 @handles(PruneStep)

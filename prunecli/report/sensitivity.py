@@ -48,6 +48,17 @@ def sensitivity_markdown(sweep: dict[str, Any], *, plot: Path | None) -> str:
     return "\n".join(lines) + "\n"
 
 
+def sensitivity_section(plot: Path | None) -> str:
+    """The markdown a run's report.md embeds when its select step used a sensitivity sweep."""
+    picture = f"![accuracy against ratio removed]({plot.name})" if plot is not None else f"No plot: {INSTALL_HINT}."
+    return "\n\n".join([
+        "## Sensitivity",
+        "Each group pruned alone at each swept ratio, no fine-tuning (numbers in sensitivity.md); "
+        "the select step kept, per group, the largest ratio within max_drop.",
+        picture,
+    ])
+
+
 def _write_plot(sweep: dict[str, Any], *, out_dir: Path) -> Path | None:
     if not sweep["groups"] or not plots_available():
         return None

@@ -9,22 +9,30 @@ from typing import Any
 from prunecli.model_io.atomic import atomic_write_text
 from prunecli.report.plots import plot_markdown, write_channels_plot
 from prunecli.report.render import report_markdown
+from prunecli.report.sensitivity import sensitivity_section, write_sensitivity
 
 
-def write_report(report: dict[str, Any], *, out_dir: Path, plots: bool = False) -> dict[str, Path]:
+def write_report(
+    report: dict[str, Any], *, out_dir: Path, plots: bool = False, sensitivity: dict[str, Any] | None = None
+) -> dict[str, Path]:
     """Write ``out_dir/report.json`` (keys in report order), ``out_dir/report.md`` and, with ``plots``, its plots.
 
     Returns the written paths by kind: ``{"report_json": ..., "report_md": ..., "channels_plot": ...}``
     (no ``channels_plot`` without groups or without matplotlib: report.md then says how to get it,
-    see ``prunecli.report.plots``).
+    see ``prunecli.report.plots``). A ``sensitivity`` sweep (from ``select: by: sensitivity``) is
+    written beside the report (json, md, png) and embedded in report.md.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     written = {"report_json": out_dir / "report.json", "report_md": out_dir / "report.md"}
-    plot_section = None
+    sections = []
     if plots and report.get("groups"):
         plot = write_channels_plot(report, out_dir=out_dir)
         written.update({"channels_plot": plot} if plot else {})
-        plot_section = plot_markdown(plot)
+        sections.append(plot_markdown(plot))
+    if sensitivity is not None:
+        files = write_sensitivity(sensitivity, out_dir=out_dir)
+        written.update(files)
+        sections.append(sensitivity_section(files.get("sensitivity_png")))
     atomic_write_text(written["report_json"], json.dumps(report, indent=2) + "\n")
-    atomic_write_text(written["report_md"], report_markdown(report, plot_section=plot_section))
+    atomic_write_text(written["report_md"], report_markdown(report, plot_section="\n\n".join(sections) or None))
     return written
