@@ -33,8 +33,8 @@ def timm_module():
     return pytest.importorskip("timm")
 
 
-def save_sample_cnn_program(path: Path) -> Path:
-    """The trained sample CNN as a ``torch.export`` program (batch 2) saved at ``path``."""
+def load_sample_cnn() -> torch.nn.Module:
+    """The trained sample CNN (sample_models/digits_cnn.pt into archs.py:DigitsCNN), in eval mode."""
     sys.path.insert(0, str(SAMPLES))
     try:
         from archs import DigitsCNN
@@ -42,5 +42,10 @@ def save_sample_cnn_program(path: Path) -> Path:
         sys.path.remove(str(SAMPLES))
     module = DigitsCNN().eval()
     module.load_state_dict(torch.load(SAMPLES / "digits_cnn.pt", weights_only=True))
-    torch.export.save(torch.export.export(module, (torch.zeros(2, 1, 8, 8),), strict=False), path)
+    return module
+
+
+def save_sample_cnn_program(path: Path) -> Path:
+    """The trained sample CNN as a ``torch.export`` program (batch 2) saved at ``path``."""
+    torch.export.save(torch.export.export(load_sample_cnn(), (torch.zeros(2, 1, 8, 8),), strict=False), path)
     return path

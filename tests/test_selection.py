@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +19,8 @@ from prunecli.selection import select_channels
 from prunecli.selection.measures import pruned_copy, structure_measure
 from prunecli.selection.targets import bisect_target
 from prunecli.selection.thresholds import count_below, local_cutoff, threshold_counts
-from tests.conftest import SAMPLES
+from tests.conftest import load_sample_cnn
+from tests.test_end_to_end import CNN_PIPELINE, write_pipeline
 
 TABLE = np.arange(10, dtype=float)  # scores 0, 1, ..., 9
 
@@ -60,13 +60,7 @@ def test_bisection_meets_the_target_and_counts_measurements() -> None:
 
 @pytest.fixture(scope="module")
 def cnn():
-    sys.path.insert(0, str(SAMPLES))
-    try:
-        from archs import DigitsCNN
-    finally:
-        sys.path.remove(str(SAMPLES))
-    module = DigitsCNN().eval()
-    module.load_state_dict(torch.load(SAMPLES / "digits_cnn.pt", weights_only=True))
+    module = load_sample_cnn()
     sample = torch.randn(4, 1, 8, 8, generator=torch.Generator().manual_seed(0))
     graph = build_channel_graph(module, sample)
     rng = np.random.default_rng(0)
@@ -143,21 +137,8 @@ def test_exactly_one_mode_with_a_one_line_fix(fields, message) -> None:
     assert describe_validation_error(caught.value).startswith(message)
 
 
-PIPELINE = """
-version: 1
-model: {path: SAMPLES/digits_cnn.pt, arch: SAMPLES/archs.py:DigitsCNN, input_shape: [1, 1, 8, 8]}
-data: {format: npz, train: SAMPLES/digits_train.npz, eval: SAMPLES/digits_val.npz}
-steps:
-  - {kind: score, criterion: l2}
-  - SELECT
-  - {kind: prune}
-latency: {repeats: 3, warmup: 1, backends: [torch]}
-"""
-
-
 def _run(tmp_path: Path, select: str) -> dict:
-    path = tmp_path / "pipeline.yaml"
-    path.write_text(PIPELINE.replace("SAMPLES", str(SAMPLES)).replace("SELECT", select))
+    path = write_pipeline(tmp_path, CNN_PIPELINE.replace("{kind: select, ratio: 0.5}", select))
     result = run_pipeline(load_pipeline(path), options=RunOptions(output_dir=tmp_path / "out", base_dir=tmp_path))
     return result.report
 

@@ -5,7 +5,7 @@ the place in it and the fix, e.g.::
 
     pipeline.yaml:3:5: YAML syntax error: mapping values are not allowed here
     pipeline.yaml: steps.1.ratio: Input should be less than 1 (got 1.5)
-    pipeline.yaml: steps.0.critrion: unknown key; known keys: kind, criterion; did you mean 'criterion'?
+    p.yaml: steps.0.critrion: unknown key; known keys: kind, criterion, batches, reduction; did you mean 'criterion'?
 
 Relative paths inside the pipeline stay as written: they are relative to the pipeline
 file's folder, and the runner resolves them against it (``RunOptions.base_dir``).
