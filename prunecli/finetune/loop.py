@@ -11,7 +11,7 @@ and the same weights.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 
 import torch
@@ -23,6 +23,7 @@ from prunecli.errors import InputError
 from prunecli.finetune.distill import distillation_loss
 from prunecli.finetune.optim import make_optimizer, make_scheduler
 from prunecli.model_io.outputs import first_tensor
+from prunecli.sparsity.masks import bind_masks
 
 Advance = Callable[[float], None]
 
@@ -37,11 +38,13 @@ def finetune(
     seed: int,
     teacher: torch.nn.Module | None = None,
     progress: bool = False,
+    masks: Mapping[str, torch.Tensor] | None = None,
 ) -> list[float]:
     """Train ``module`` in place (moved to ``device``); returns the mean training loss of each epoch.
 
     With ``step.distill`` and a ``teacher`` the loss is the distillation blend (see ``distill``);
     otherwise cross-entropy. ``step.epochs == 0`` changes nothing. The module ends in eval mode.
+    ``masks`` (parameter name -> bool keep-mask, from sparsify steps) re-zero weights after every optimizer step.
     """
     if step.epochs == 0:
         return []
@@ -51,6 +54,7 @@ def finetune(
         teacher.to(device).eval()
     batches_per_epoch = math.ceil(len(train) / batch_size)
     optimizer = make_optimizer(module.parameters(), step)
+    reapply_masks = bind_masks(module, masks)
     scheduler = make_scheduler(optimizer, step, batches_per_epoch=batches_per_epoch)
     epoch_losses: list[float] = []
     try:
@@ -59,7 +63,7 @@ def finetune(
                 epoch_batches = batches(train, batch_size=batch_size, shuffle=True, seed=seed + epoch)
                 mean_loss = _train_epoch(
                     module, epoch_batches, optimizer=optimizer, scheduler=scheduler, step=step, teacher=teacher,
-                    device=device, advance=advance,
+                    device=device, advance=advance, reapply_masks=reapply_masks,
                 )
                 epoch_losses.append(_checked_mean(mean_loss, epoch=epoch))
     finally:
@@ -77,6 +81,7 @@ def _train_epoch(
     teacher: torch.nn.Module | None,
     device: str,
     advance: Advance,
+    reapply_masks: Callable[[], None] = lambda: None,
 ) -> float:
     """One pass over ``epoch_batches``; returns the mean loss per sample."""
     loss_sum, samples = 0.0, 0
@@ -86,6 +91,7 @@ def _train_epoch(
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        reapply_masks()  # weights zeroed by a sparsify step stay zero
         if scheduler is not None:
             scheduler.step()
         batch_loss = loss.item()

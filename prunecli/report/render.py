@@ -21,6 +21,7 @@ from prunecli.report.rows import (
     selection_line,
     verification_line,
 )
+from prunecli.sparsity.report import sparsity_markdown
 
 # Columns of words rather than numbers: aligned left.
 _TEXT_COLUMNS = frozenset({"status", "result"})
@@ -52,6 +53,7 @@ def report_markdown(report: dict[str, Any], *, plot_section: str | None = None) 
         sections += ["## Gates", verdict, _markdown_table(gate_header, gates)]
     if report.get("selection"):
         sections += ["## Selection", selection_line(report)]
+    sections += sparsity_markdown(report)
     group_header, groups = group_rows(report)
     if groups:
         sections += ["## Channels kept per group", _markdown_table(group_header, groups)]
