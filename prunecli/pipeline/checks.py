@@ -51,8 +51,16 @@ def check_pipeline(pipeline: Pipeline, *, base_dir: Path) -> None:
             f"steps {', '.join(blocked)} need a PyTorch model; native ONNX pruning is not supported yet: "
             "pass the PyTorch checkpoint (state_dict + model.arch) or keep only 'evaluate' steps"
         )
+    if _is_onnx(pipeline) and "quantize" in kinds:
+        raise InputError(
+            "a quantize step needs a PyTorch model (it quantizes the model's ONNX export); quantize an ONNX "
+            "input with onnxruntime.quantization directly, or pass the PyTorch checkpoint"
+        )
     has_train = pipeline.data.format == "digits" or pipeline.data.train is not None
     has_eval = pipeline.data.format == "digits" or pipeline.data.eval is not None
+    static = any(step.kind == "quantize" and step.mode == "static" for step in pipeline.steps)
+    if static and not (has_train or has_eval):
+        raise InputError("quantize mode: static calibrates on data: set data.train or data.eval, or use mode: dynamic")
     if "finetune" in kinds and not has_train:
         raise InputError("a finetune step needs training data: set data.train")
     if pipeline.gates.max_accuracy_drop is not None and not has_eval:

@@ -50,7 +50,12 @@ def measure_latencies(state: RunState) -> None:
             for name, record in measured.items():
                 state.stages[name]["latency"].append(record)
         for stage in state.stages.values():
-            stage["latency_ms"] = stage["latency"][0] if stage["latency"] else None
+            stage["latency_ms"] = _first_measured(stage["latency"])
+
+
+def _first_measured(records: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The first backend's record that was measured (an int8 stage: onnxruntime), else the first one."""
+    return next((record for record in records if not record.get("unavailable")), records[0] if records else None)
 
 
 def latency_input(state: RunState) -> torch.Tensor:
@@ -60,13 +65,19 @@ def latency_input(state: RunState) -> torch.Tensor:
 
 
 def _torch_latencies(state: RunState) -> dict[str, dict[str, Any]]:
+    modules = {name: snapshot for name, snapshot in state.snapshots.items() if not isinstance(snapshot, Path)}
     measured = measure_torch_latencies(
-        state.snapshots, latency_input(state), spec=state.pipeline.latency, device=state.device,
+        modules, latency_input(state), spec=state.pipeline.latency, device=state.device,
         threads=state.latency_threads, baseline=BASELINE,
     )  # fmt: skip
-    for snapshot in state.snapshots.values():
+    for snapshot in modules.values():
         snapshot.cpu()
-    return {name: latency.to_dict() for name, latency in measured.items()}
+    reason = "an ONNX-only stage (int8) runs in ONNX Runtime only"
+    return {
+        name: measured[name].to_dict() if name in measured
+        else unavailable(backend="torch", device=state.device, reason=reason)
+        for name in state.snapshots
+    }  # fmt: skip
 
 
 def _onnx_latencies(state: RunState) -> dict[str, dict[str, Any]]:
