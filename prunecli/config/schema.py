@@ -350,8 +350,68 @@ class EvaluateStep(StrictModel):
     name: str = "final"
 
 
+class SparsifyStep(StrictModel):
+    """Zero individual weights of conv and linear layers; the zeros stay zero through later fine-tuning.
+
+    Exactly one of ``ratio`` (fraction of the considered weights zeroed, smallest |w| first, per
+    layer or ``scope: global``), ``threshold`` (weights with |w| below it) or ``pattern`` (``"N:M"``:
+    in every M consecutive weights along a row of ``weight.reshape(out, -1)`` the N largest stay;
+    layers whose row size is not a multiple of M are skipped and reported). The output layer is
+    left dense unless ``include_output``; ``ignore`` globs name modules left dense.
+    """
+
+    kind: Literal["sparsify"]
+    method: Literal["magnitude"] = Field(default="magnitude", description="How weights are ranked (|w|).")
+    ratio: float | None = Field(default=None, ge=0.0, lt=1.0, description="Fraction of weights zeroed.")
+    threshold: float | None = Field(default=None, ge=0.0, description="Weights with |w| below this are zeroed.")
+    pattern: str | None = Field(default=None, description='N:M structured sparsity, e.g. "2:4" or "4:8" (quoted).')
+    scope: Literal["local", "global"] = Field(default="local", description="ratio: per layer, or over all layers.")
+    ignore: list[str] = Field(default_factory=list, description="Module names or globs left dense.")
+    include_output: bool = Field(default=False, description="Also sparsify the model's last conv/linear layer.")
+
+    @field_validator("pattern", mode="before")
+    @classmethod
+    def _pattern_form(cls, value: Any) -> Any:
+        if isinstance(value, int) and not isinstance(value, bool):
+            raise ValueError('quote the pattern, e.g. pattern: "2:4" (unquoted YAML reads 2:4 as a number)')
+        if isinstance(value, str):
+            n, _, m = value.partition(":")
+            if not (n.isdigit() and m.isdigit() and 0 < int(n) < int(m)):
+                raise ValueError(f"pattern '{value}' is not N:M with 0 < N < M; write e.g. \"2:4\"")
+        return value
+
+    @model_validator(mode="after")
+    def _one_form(self) -> "SparsifyStep":
+        given = [name for name in ("ratio", "threshold", "pattern") if getattr(self, name) is not None]
+        if len(given) != 1:
+            raise ValueError("set exactly one of ratio, threshold or pattern, e.g. ratio: 0.9 or pattern: \"2:4\"")
+        if self.pattern is not None and self.scope == "global":
+            raise ValueError("scope applies to ratio only; remove scope: global from this pattern step")
+        return self
+
+    @property
+    def n_m(self) -> tuple[int, int] | None:
+        """The pattern as (N, M), or None."""
+        if self.pattern is None:
+            return None
+        n, m = self.pattern.split(":")
+        return int(n), int(m)
+
+
+class QuantizeStep(StrictModel):
+    """Quantize the exported ONNX model to int8 with ONNX Runtime; the last step, measured as stage ``quantized``.
+
+    ``dynamic``: int8 weights, activations quantized at run time. ``static``: int8 weights and
+    activations (QDQ), ranges calibrated on ``batches`` batches of the train split (eval if none).
+    """
+
+    kind: Literal["quantize"]
+    mode: Literal["dynamic", "static"] = "static"
+    batches: PositiveInt = Field(default=8, description="static: calibration batches (of data.batch_size).")
+
+
 Step = Annotated[
-    Union[ScoreStep, SelectStep, PruneStep, FinetuneStep, EvaluateStep],
+    Union[ScoreStep, SelectStep, PruneStep, FinetuneStep, EvaluateStep, SparsifyStep, QuantizeStep],
     Field(discriminator="kind"),
 ]
 
@@ -415,6 +475,8 @@ class Pipeline(StrictModel):
                 raise ValueError(f"steps.{index}: a '{step.kind}' step needs a '{needs}' step before it")
             if step.kind == "prune" and "prune" in seen:
                 raise ValueError(f"steps.{index}: only one 'prune' step is allowed")
+            if "quantize" in seen:
+                raise ValueError(f"steps.{index}: 'quantize' must be the last step; move it to the end")
             seen.append(step.kind)
         _check_stage_names(self.steps)
         return self
@@ -424,7 +486,7 @@ class Pipeline(StrictModel):
 RESERVED_STAGE_NAMES = frozenset({
     "original", "pruned", "finetuned", "stages", "verification", "gates", "groups", "prunability", "model",
     "outputs", "seed", "device", "threads", "timings_s", "prunecli_version", "scoring",
-    "selection",
+    "selection", "quantized", "quantization", "sparsified", "sparsity",
 })  # fmt: skip
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import random
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,7 @@ from prunecli.data.checks import check_against_model
 from prunecli.errors import InputError, OnnxExportError, VerificationError
 from prunecli.graph.summary import prunability
 from prunecli.model_io import export_onnx, save_model, save_onnx_model
-from prunecli.model_io.atomic import atomic_write_text
+from prunecli.model_io.atomic import atomic_path, atomic_write_text
 from prunecli.model_io.outputs import first_tensor
 from prunecli.model_io.output_folder import OutputFolder
 from prunecli.pipeline.checks import Prepared, check_pipeline, prepare
@@ -27,7 +28,9 @@ from prunecli.pipeline.measure import measure_latencies, measure_stage
 from prunecli.pipeline.options import RunOptions, RunResult
 from prunecli.pipeline.state import RunState, timed
 from prunecli.pipeline.steps import run_step
+from prunecli.quantize.stage import quantization_report
 from prunecli.report.write import write_report
+from prunecli.sparsity.report import sparsity_report
 from prunecli.threads import torch_threads
 
 SAMPLE_SIZE = 32
@@ -158,6 +161,10 @@ def _write_model(state: RunState, folder: OutputFolder) -> dict[str, Path]:
             staged["onnx"] = export_onnx(state.module, example, folder.staging / "model.onnx")
         except OnnxExportError as error:
             state.onnx_error = str(error)
+        if state.quantization and state.quantization["path"]:  # the quantize step's int8 file, beside model.onnx
+            with atomic_path(folder.staging / "model.int8.onnx") as temporary:
+                shutil.copyfile(state.quantization["path"], temporary)
+            staged["onnx_int8"] = folder.staging / "model.int8.onnx"
     state.module.to(state.device)
     return {key: folder.final_path(path) for key, path in staged.items()}
 
@@ -173,9 +180,11 @@ def build_report(state: RunState, *, written: dict[str, Path]) -> dict[str, Any]
     report["selection"] = state.plan.selection if state.plan else None  # mode; for targets requested/achieved
     report["scoring"] = state.scoring  # per score step: criterion, seconds, batches, groups left unscored
     report["prunability"] = _prunability(state)
+    report["sparsity"] = sparsity_report(state.sparsity, state.module, state.original)  # sparsify steps
     report["model"] = {"path": str(state.loaded.source), "format": state.loaded.format}
     report["outputs"] = {key: str(path) for key, path in written.items()}
     report["onnx_export_error"] = state.onnx_error
+    report["quantization"] = quantization_report(state, written=written)  # mode, int8 file or why not
     report["threads"] = {"work": state.pipeline.threads, "latency": state.latency_threads}
     report["timings_s"] = {phase: round(seconds, 4) for phase, seconds in state.timings_s.items()}
     report.update(seed=state.seed, device=state.device, prunecli_version=prunecli.__version__)

@@ -57,6 +57,8 @@ class RunState:
     snapshots: dict[str, Any] = field(default_factory=dict)
     timings_s: dict[str, float] = field(default_factory=dict)
     onnx_error: str | None = None
+    sparsity: Any | None = None  # SparsityState (prunecli.sparsity): masks kept through fine-tuning
+    quantization: dict[str, Any] | None = None  # quantize step: mode, int8 file (or error); see quantize.stage
 
     @property
     def latency_threads(self) -> int:

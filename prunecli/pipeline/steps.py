@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from prunecli.config.schema import EvaluateStep, FinetuneStep, PruneStep, ScoreStep, SelectStep
+from prunecli.config.schema import SparsifyStep
+from prunecli.config.schema import QuantizeStep
 from prunecli.criteria.inputs import ScoringInputs
 from prunecli.criteria.scoring import score_groups
 from prunecli.errors import InputError, VerificationError
@@ -110,11 +112,28 @@ def finetune_step(state: RunState, step: FinetuneStep) -> None:
             seed=state.seed,
             teacher=teacher,
             progress=state.options.progress,
+            masks=state.sparsity.masks if state.sparsity else None,
         )
     measure_stage(state, "finetuned")
+
+
+@handles(SparsifyStep)
+def sparsify(state: RunState, step: SparsifyStep) -> None:
+    """Zero individual weights (magnitude or N:M); the masks hold through later fine-tuning."""
+    from prunecli.sparsity.step import sparsify_stage
+
+    sparsify_stage(state, step)
 
 
 @handles(EvaluateStep)
 def evaluate(state: RunState, step: EvaluateStep) -> None:
     """Measure the current model under the step's name."""
     measure_stage(state, step.name)
+
+
+@handles(QuantizeStep)
+def quantize(state: RunState, step: QuantizeStep) -> None:
+    """Quantize the current model's ONNX export to int8 and measure it as stage ``quantized``."""
+    from prunecli.quantize.stage import quantize_stage
+
+    quantize_stage(state, step)
