@@ -6,7 +6,13 @@ target``, so every criterion lands on the same budget) and evaluated right after
 Prints a markdown table: criterion, accuracy before and after fine-tuning, MACs kept, and the
 pruned model's torch p50 and speed-up (measured interleaved with the original).
 
+With ``--rounds N`` the score, select and prune steps run in a ``repeat`` block of N rounds
+(linear schedule, no fine-tuning between rounds): every round re-scores the pruned model, so a
+criterion sees what the channels removed before left behind. "accuracy pruned" is then the last
+round's, still before any fine-tuning.
+
     python bench/criteria_compare.py --macs 0.4 --epochs 3
+    python bench/criteria_compare.py --macs 0.4 --scope local --rounds 4 --epochs 3
     python bench/criteria_compare.py --local-ratio 0.37 --epochs 3   # same channel counts for all
 """
 
@@ -34,6 +40,10 @@ def main(argv: list[str] | None = None) -> int:
         help="instead of the MACs target (channels ranked globally), remove this fraction of every group: "
         "the same channel counts for every criterion, so only the choice of channels differs",
     )  # fmt: skip
+    parser.add_argument("--scope", choices=["local", "global"], default=None,
+                        help="the select step's scope (target default: global)")
+    parser.add_argument("--rounds", type=int, default=1, help="score-select-prune rounds before fine-tuning")
+    parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     sys.path.insert(0, str(REPO))
@@ -41,19 +51,24 @@ def main(argv: list[str] | None = None) -> int:
 
     criteria = args.criteria.split(",") if args.criteria else known_criteria()
     select = {"ratio": args.local_ratio} if args.local_ratio is not None else {"target": {"macs": args.macs}}
-    rows = [_row(criterion, select=select, epochs=args.epochs) for criterion in criteria]
+    if args.scope:
+        select["scope"] = args.scope
+    rows = [_row(criterion, select=select, epochs=args.epochs, rounds=args.rounds, seed=args.seed)
+            for criterion in criteria]
     print("\n".join(json.dumps(row) for row in rows) if args.json else _table(rows, epochs=args.epochs))
     return 0
 
 
-def _row(criterion: str, *, select: dict, epochs: int) -> dict:
+def _row(criterion: str, *, select: dict, epochs: int, rounds: int = 1, seed: int = 0) -> dict:
     import prunecli
 
     with tempfile.TemporaryDirectory(prefix="prunecli-criteria-") as folder:
         path = Path(folder) / "pipeline.yaml"
-        path.write_text(yaml.safe_dump(_pipeline(criterion, select=select, epochs=epochs), sort_keys=False))
+        pipeline = _pipeline(criterion, select=select, epochs=epochs, rounds=rounds, seed=seed)
+        path.write_text(yaml.safe_dump(pipeline, sort_keys=False))
         report = prunecli.run(path, output=Path(folder) / "out")
-    original, pruned, finetuned = report["original"], report["pruned"], report["finetuned"]
+    original, finetuned = report["original"], report["finetuned"]
+    pruned = report["pruned"] if rounds == 1 else report[f"round{rounds}.pruned"]
     torch_latency = finetuned["latency"][0]
     return {
         "criterion": criterion, "accuracy_original": original["accuracy"], "accuracy_pruned": pruned["accuracy"],
@@ -62,16 +77,18 @@ def _row(criterion: str, *, select: dict, epochs: int) -> dict:
     }  # fmt: skip
 
 
-def _pipeline(criterion: str, *, select: dict, epochs: int) -> dict:
+def _pipeline(criterion: str, *, select: dict, epochs: int, rounds: int, seed: int) -> dict:
+    pruning = [{"kind": "score", "criterion": criterion}, {"kind": "select", **select, "ignore": ["fc"]},
+               {"kind": "prune"}]  # fmt: skip
+    if rounds > 1:
+        pruning = [{"kind": "repeat", "rounds": rounds, "schedule": "linear", "steps": pruning}]
     return {
         "version": 1,
+        "seed": seed,
         "model": {"path": str(SAMPLES / "digits_cnn.pt"), "arch": f"{SAMPLES / 'archs.py'}:DigitsCNN",
                   "input_shape": [1, 1, 8, 8]},
         "data": {"format": "npz", "train": str(SAMPLES / "digits_train.npz"), "eval": str(SAMPLES / "digits_val.npz")},
-        "steps": [{"kind": "score", "criterion": criterion},
-                  {"kind": "select", **select, "ignore": ["fc"]},
-                  {"kind": "prune"},
-                  {"kind": "finetune", "epochs": epochs, "lr": 2.0e-3}],
+        "steps": [*pruning, {"kind": "finetune", "epochs": epochs, "lr": 2.0e-3}],
         "latency": {"repeats": 20, "backends": ["torch"]},
     }  # fmt: skip
 

@@ -35,13 +35,18 @@ def timm_module():
 
 def load_sample_cnn() -> torch.nn.Module:
     """The trained sample CNN (sample_models/digits_cnn.pt into archs.py:DigitsCNN), in eval mode."""
+    return load_sample("cnn")
+
+
+def load_sample(name: str) -> torch.nn.Module:
+    """A trained sample model, ``cnn`` or ``mlp`` (sample_models/digits_NAME.pt into archs.py), in eval mode."""
     sys.path.insert(0, str(SAMPLES))
     try:
-        from archs import DigitsCNN
+        import archs
     finally:
         sys.path.remove(str(SAMPLES))
-    module = DigitsCNN().eval()
-    module.load_state_dict(torch.load(SAMPLES / "digits_cnn.pt", weights_only=True))
+    module = getattr(archs, f"Digits{name.upper()}")().eval()
+    module.load_state_dict(torch.load(SAMPLES / f"digits_{name}.pt", weights_only=True))
     return module
 
 

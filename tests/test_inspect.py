@@ -123,9 +123,16 @@ def test_missing_file(tmp_path: Path) -> None:
     assert_one_line_error(invoke(tmp_path / "missing.pt", *DIGITS_ARGS), contains="model file not found")
 
 
-def test_onnx_is_refused() -> None:
-    result = invoke(SAMPLES / "digits_cnn.onnx", "--input-shape", "1,1,8,8")
-    assert_one_line_error(result, contains="inspect needs a PyTorch model for now")
+def test_onnx_lists_the_groups_of_its_torch_model() -> None:
+    result = invoke(SAMPLES / "digits_cnn.onnx", "--input-shape", "1,1,8,8", "--json")
+    assert result.exit_code == 0, result.output
+    torch_result = invoke(SAMPLES / "digits_cnn.pt", *DIGITS_ARGS, "--json")
+    assert _group_rows(result.stdout) == _group_rows(torch_result.stdout)
+    assert json.loads(result.stdout)["macs"] == json.loads(torch_result.stdout)["macs"]
+
+
+def _group_rows(stdout: str) -> list[tuple]:
+    return sorted((g["name"], g["channels"], g["prunable"], g["reason"]) for g in json.loads(stdout)["groups"])
 
 
 @pytest.mark.parametrize(

@@ -106,12 +106,19 @@ def test_round_to_applies_to_thresholds(cnn) -> None:
     assert all(kept % 8 == 0 for kept in _by_name(graph, plan).values())
 
 
-@pytest.mark.parametrize(("metric", "requested"), [("macs", 0.5), ("params", 0.4), ("macs", 0.3)])
-def test_targets_are_met_within_two_percent_by_the_reports_counter(cnn, metric, requested) -> None:
+@pytest.mark.parametrize(
+    ("metric", "requested", "scope"),
+    [("macs", 0.5, "global"), ("params", 0.4, "global"), ("macs", 0.3, "global"), ("macs", 0.5, "local"),
+     ("params", 0.4, "local"), ("macs", 0.4, "local")],
+)  # fmt: skip
+def test_targets_are_met_within_two_percent_by_the_reports_counter(cnn, metric, requested, scope) -> None:
     module, graph, scores, sample = cnn
-    step = SelectStep(kind="select", target={metric: requested})
+    step = SelectStep(kind="select", target={metric: requested}, scope=scope)
     plan = select_channels(graph, scores, step, measure=structure_measure(module, graph, sample, metric=metric))
-    assert plan.selection["achieved"] == pytest.approx(requested, rel=0.02)
+    assert plan.selection["achieved"] == pytest.approx(requested, rel=0.02) and plan.selection["scope"] == scope
+    if scope == "local":  # the same fraction of every group, within one channel
+        fractions = [len(plan.removed.get(g.id, ())) / g.channels for g in graph.prunable_groups if g.channels > 1]
+        assert max(fractions) - min(fractions) <= max(1 / g.channels for g in graph.prunable_groups) + 1e-9
     pruned = pruned_copy(module, graph, plan.removed)
     if metric == "macs":
         assert count_macs(pruned, sample) / count_macs(module, sample) == pytest.approx(plan.selection["achieved"])
@@ -182,12 +189,13 @@ def test_macs_target_on_resnet18(timm_module) -> None:
     graph = build_channel_graph(model, inputs)
     rng = np.random.default_rng(0)
     scores = {group.id: rng.random(group.channels) + 0.1 for group in graph.prunable_groups}
-    step = SelectStep(kind="select", target={"macs": 0.5}, ignore=["fc"])
-    plan = select_channels(graph, scores, step, measure=structure_measure(model, graph, inputs, metric="macs"))
     from prunecli.surgery.prune import prune_module
 
-    pruned = prune_module(model, graph, plan.removed, inputs=inputs, tolerance=1e-4).module
-    assert count_macs(pruned, inputs) / count_macs(model, inputs) == pytest.approx(0.5, rel=0.02)
+    for scope in ("global", "local"):
+        step = SelectStep(kind="select", target={"macs": 0.5}, ignore=["fc"], scope=scope)
+        plan = select_channels(graph, scores, step, measure=structure_measure(model, graph, inputs, metric="macs"))
+        pruned = prune_module(model, graph, plan.removed, inputs=inputs, tolerance=1e-4).module
+        assert count_macs(pruned, inputs) / count_macs(model, inputs) == pytest.approx(0.5, rel=0.02), scope
 
 
 def test_a_latency_target_is_searched_with_real_measurements(tmp_path: Path) -> None:
@@ -204,5 +212,6 @@ def test_override_globs_must_name_a_module(cnn) -> None:
 
     module = cnn[0]
     with pytest.raises(InputError, match=r"steps.1.overrides: 'branch9_conv' matches no module of the model; did you"):
-        _check_select(SelectStep(kind="select", ratio=0.3, overrides={"branch9_conv": 0.5}), index=1, module=module)
-    _check_select(SelectStep(kind="select", threshold={"std": 1}), index=1, module=module)  # no ratio: no error
+        step = SelectStep(kind="select", ratio=0.3, overrides={"branch9_conv": 0.5})
+        _check_select(step, where="steps.1", module=module)
+    _check_select(SelectStep(kind="select", threshold={"std": 1}), where="steps.1", module=module)  # no ratio: no error

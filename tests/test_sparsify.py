@@ -150,7 +150,7 @@ def test_config_validation() -> None:
     with pytest.raises(ValidationError, match="0 < N < M"):
         SparsifyStep.model_validate({"kind": "sparsify", "pattern": "4:4"})
     with pytest.raises(ValidationError, match="method"):
-        SparsifyStep.model_validate({"kind": "sparsify", "ratio": 0.5, "method": "movement"})
+        SparsifyStep.model_validate({"kind": "sparsify", "ratio": 0.5, "method": "taylor"})
     assert SparsifyStep.model_validate({"kind": "sparsify", "pattern": "4:8"}).n_m == (4, 8)
 
 

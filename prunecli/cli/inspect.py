@@ -21,7 +21,7 @@ def inspect(
     model: Annotated[
         Path,
         typer.Argument(
-            help="Model file: .pt/.pth state_dict (with --arch), trusted pickle, or torch.export .pt2.",
+            help="Model file: .pt/.pth state_dict (with --arch), trusted pickle, torch.export .pt2, or .onnx.",
             show_default=False,
             metavar="MODEL",
         ),
@@ -48,7 +48,7 @@ def inspect(
         ),
     ] = None,
     model_format: Annotated[
-        str, typer.Option("--format", help="auto, state_dict, pickle or export (auto: from the file).")
+        str, typer.Option("--format", help="auto, state_dict, pickle, export or onnx (auto: from the file).")
     ] = "auto",
     trust_pickle: TrustPickleOption = False,
     threads: ThreadsOption = None,

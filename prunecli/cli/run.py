@@ -76,6 +76,10 @@ def _show(result: RunResult, *, output_dir: Path) -> None:
     if result.report.get("gates"):
         console.print(gates_table(result.report))
     typer.echo(verification_line(result.report))
+    if result.report.get("blocks"):
+        from prunecli.blocks.report import blocks_line
+
+        typer.echo(blocks_line(result.report))
     written = ", ".join(path.name for path in result.written.values())
     typer.echo(f"wrote {output_dir}: {written}" if written else f"outputs in {output_dir}")
 

@@ -71,9 +71,14 @@ def _validated_steps(
 
 def _describe_steps(pipeline: Pipeline) -> list[str]:
     """Each step as ``kind(non-default options)``, e.g. ``select(ratio=0.5, scope=global)``."""
-    described = []
-    for step in pipeline.steps:
-        options = step.model_dump(mode="json", exclude_defaults=True, exclude={"kind"})
-        arguments = ", ".join(f"{key}={value}" for key, value in options.items())
-        described.append(f"{step.kind}({arguments})" if arguments else step.kind)
+    return [_describe_step(step) for step in pipeline.steps]
+
+
+def _describe_step(step: object) -> str:
+    """``kind(non-default options)``; a repeat as ``repeat(rounds=3)[score -> select(ratio=0.5) -> prune]``."""
+    options = step.model_dump(mode="json", exclude_defaults=True, exclude={"kind", "steps"})
+    arguments = ", ".join(f"{key}={value}" for key, value in options.items())
+    described = f"{step.kind}({arguments})" if arguments else step.kind
+    if step.kind == "repeat":
+        described += "[" + " -> ".join(_describe_step(inner) for inner in step.steps) + "]"
     return described

@@ -318,9 +318,14 @@ _ResolvedDumper.add_representer(list, _represent_list)
 # --- command-line paths --------------------------------------------------------------------
 
 
+def _trains(step: Any) -> bool:
+    """Whether a step trains the model on the train split (finetune, regularize, sparsify by movement)."""
+    return step.kind in ("finetune", "regularize") or (step.kind == "sparsify" and step.method == "movement")
+
+
 def _data_update(pipeline: Pipeline, data_path: Path) -> dict[str, Any]:
     update: dict[str, Any] = {"eval": data_path}
-    fine_tunes = any(step.kind == "finetune" for step in pipeline.steps)
+    fine_tunes = any(_trains(step) for step in pipeline.all_steps)
     if fine_tunes or pipeline.data.train is not None:
         update["train"] = data_path
     data_format = "image_folder" if data_path.is_dir() else _DATA_FORMAT_BY_SUFFIX.get(data_path.suffix.lower())

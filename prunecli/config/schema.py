@@ -20,6 +20,7 @@ step classes live in ``config.steps`` and are importable from here too.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -31,8 +32,12 @@ from prunecli.config.steps import (  # the step classes are part of the schema's
     EvaluateStep,
     FinetuneStep,
     HybridCriterion,
+    PruneBlocksStep,
     PruneStep,
     QuantizeStep,
+    ReconstructStep,
+    RegularizeStep,
+    RepeatStep,
     ScoreStep,
     SelectStep,
     SparsifyStep,
@@ -44,7 +49,8 @@ from prunecli.config.steps import (  # the step classes are part of the schema's
 __all__ = [
     "DataSpec", "DistillSpec", "EvaluateStep", "FinetuneStep", "Gates", "HybridCriterion", "LatencySpec",
     "ModelSpec", "Pipeline", "PruneStep", "QuantizeStep", "RESERVED_STAGE_NAMES", "ScoreStep", "SelectStep",
-    "SparsifyStep", "Step", "StrictModel", "TargetSpec", "ThresholdSpec",
+    "SparsifyStep", "Step", "StrictModel", "TargetSpec", "ThresholdSpec", "RegularizeStep", "RepeatStep",
+    "PruneBlocksStep", "ReconstructStep",
 ]  # fmt: skip
 
 ModelFormat = Literal["auto", "state_dict", "pickle", "export", "onnx"]
@@ -158,32 +164,61 @@ class Pipeline(StrictModel):
     def _steps_in_order(self) -> "Pipeline":
         seen: list[str] = []
         for index, step in enumerate(self.steps):
-            needs = {"select": "score", "prune": "select"}.get(step.kind)
+            needs = {"select": "score", "prune": "select", "reconstruct": "prune"}.get(step.kind)
             if needs and needs not in seen:
                 raise ValueError(f"steps.{index}: a '{step.kind}' step needs a '{needs}' step before it")
-            if step.kind == "prune" and "prune" in seen:
-                raise ValueError(f"steps.{index}: only one 'prune' step is allowed")
+            kinds = [inner.kind for inner in step.steps] if step.kind == "repeat" else [step.kind]
+            if "prune" in kinds and "prune" in seen:
+                raise ValueError(f"steps.{index}: only one 'prune' step (or one repeat that prunes) is allowed")
             if "quantize" in seen:
                 raise ValueError(f"steps.{index}: 'quantize' must be the last step; move it to the end")
-            seen.append(step.kind)
+            if step.kind == "prune_blocks" and {"prune_blocks", "score", "select", "prune"} & set(seen):
+                raise ValueError(
+                    f"steps.{index}: one 'prune_blocks' step, before score, select and prune (blocks first, then the "
+                    "channels of what is left); move it up"
+                )
+            seen.extend(kinds)
         _check_stage_names(self.steps)
+        from prunecli.config.rounds import check_dynamic_in_repeat
+
+        check_dynamic_in_repeat(self.steps)
         return self
+
+    def steps_with_paths(self) -> list[tuple[str, Any]]:
+        """Every step with its location, those inside repeat blocks included: ``[("steps.2.steps.1", step), ...]``."""
+        located: list[tuple[str, Any]] = []
+        for index, step in enumerate(self.steps):
+            located.append((f"steps.{index}", step))
+            if step.kind == "repeat":
+                located += [(f"steps.{index}.steps.{inner}", s) for inner, s in enumerate(step.steps)]
+        return located
+
+    @property
+    def all_steps(self) -> list[Any]:
+        """Every step, those inside repeat blocks included, in order (a repeat comes before its steps)."""
+        return [step for _, step in self.steps_with_paths()]
 
 
 # Stages the runner names itself, and the report's other top-level keys: an evaluate step can't use them.
 RESERVED_STAGE_NAMES = frozenset({
     "original", "pruned", "finetuned", "stages", "verification", "gates", "groups", "prunability", "model",
     "outputs", "seed", "device", "threads", "timings_s", "prunecli_version", "scoring",
-    "selection", "quantized", "quantization", "sparsified", "sparsity",
+    "selection", "quantized", "quantization", "sparsified", "sparsity", "regularized", "regularization",
+    "rounds", "blocks_pruned", "blocks", "reconstructed", "reconstruction",
 })  # fmt: skip
+ROUND_STAGE = re.compile(r"round\d+(\.|$)")  # round<k> and round<k>.<stage>: the stages of a repeat's rounds
 
 
-def _check_stage_names(steps: list[Any]) -> None:
+def _check_stage_names(steps: list[Any], where: str = "steps") -> None:
     names: list[str] = []
     for index, step in enumerate(steps):
+        if step.kind == "repeat":  # its evaluate names become round<k>.<name>
+            _check_stage_names(step.steps, where=f"{where}.{index}.steps")
         if step.kind != "evaluate":
             continue
+        if ROUND_STAGE.match(step.name):
+            raise ValueError(f"{where}.{index}.name: '{step.name}' is a repeat round's stage name; give another name")
         if step.name in RESERVED_STAGE_NAMES or step.name in names:
             taken = "is another evaluate step's name" if step.name in names else "is taken by the report"
-            raise ValueError(f"steps.{index}.name: '{step.name}' {taken}; give this evaluate step another name")
+            raise ValueError(f"{where}.{index}.name: '{step.name}' {taken}; give this evaluate step another name")
         names.append(step.name)

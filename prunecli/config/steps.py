@@ -13,231 +13,9 @@ from pydantic import Field, PositiveInt, field_validator, model_validator
 from prunecli.config.base import StrictModel
 
 
-CRITERION_HELP = (
-    "A criterion name, or {hybrid: {name: weight, ...}}. Static: l1, l2 (norms of the channel's weights), "
-    "random (seeded baseline), fpgm (sum of distances from the channel's filter to the others; small = redundant), "
-    "bn_scale (|gamma| of the normalisation after the producer; groups without one are kept whole). Data-driven, "
-    "over `batches` batches of the train split (eval if none), activations read at the inputs of the group's "
-    "consumers: activation (mean |activation|), apoz (1 - fraction of zeros after the activation), taylor "
-    "(|sum activation x gradient of the loss|), gradient (mean |dL/dw| over the group's weights), "
-    "weight_activation (mean |activation| x sum |outgoing weights|). hybrid: the weighted sum of "
-    "the named criteria's scores, each rank-normalised to [0, 1] per group."
-)
-
-
-class HybridCriterion(StrictModel):
-    """``{hybrid: {l2: 0.5, taylor: 0.5}}``: a weighted sum of rank-normalised criteria (see criteria.hybrid)."""
-
-    hybrid: dict[str, float] = Field(min_length=1, description="Criterion name -> weight (> 0).")
-
-    @field_validator("hybrid")
-    @classmethod
-    def _known_parts(cls, value: dict[str, float]) -> dict[str, float]:
-        from prunecli.criteria.registry import check_criterion_name
-
-        for name, weight in value.items():
-            check_criterion_name(name)
-            if not weight > 0:
-                raise ValueError(f"weight of '{name}' is {weight:g}; give every part a weight > 0")
-        return value
-
-
-class ScoreStep(StrictModel):
-    """Compute an importance per channel of every prunable group (higher = more important)."""
-
-    kind: Literal["score"]
-    criterion: str | HybridCriterion = Field(default="l2", description=CRITERION_HELP)
-    batches: PositiveInt = Field(
-        default=8, description="Data-driven criteria: batches (of data.batch_size) of the train split (eval if none)."
-    )
-    reduction: Literal["sum", "mean", "max"] = Field(
-        default="sum",
-        description="How a coupled group's member scores (each branch of a residual sum, producers, consumers...) "
-        "combine per channel. l1/l2 with sum are the group-lasso norm.",
-    )
-
-    @field_validator("criterion", mode="before")
-    @classmethod
-    def _known_criterion(cls, value: Any) -> Any:
-        from prunecli.criteria.registry import check_criterion_name
-
-        if isinstance(value, str):
-            return check_criterion_name(value)
-        if not isinstance(value, dict):
-            return value
-        from pydantic import ValidationError
-
-        try:
-            return HybridCriterion.model_validate(value)
-        except ValidationError as error:  # one line about the mapping, not one per union member
-            errors = error.errors()
-            first = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])
-            where = ".".join(str(part) for part in first["loc"])
-            problem = str(first["ctx"]["error"]) if first["type"] == "value_error" else first["msg"]
-            if first["type"] == "extra_forbidden":
-                where, problem = "", f"unknown key '{where}'; write criterion: {{hybrid: {{l2: 0.5, taylor: 0.5}}}}"
-            raise ValueError(f"{where + ': ' if where else ''}{problem}") from None
-
-    @property
-    def criterion_spec(self) -> str | dict[str, float]:
-        """The criterion name, or the hybrid weights by name."""
-        return self.criterion if isinstance(self.criterion, str) else dict(self.criterion.hybrid)
-
-
-class ThresholdSpec(StrictModel):
-    """A score threshold relative to the scores themselves; set exactly one form.
-
-    ``relative: 0.1``: below 10 % of the group's highest score (``scope: global``: of the mean of
-    all groups' scores, each group divided by its own mean first); ``std: 1.0``: below
-    ``mean - 1.0 * std``; ``percentile: 30``: below the 30th percentile. Channels scored strictly
-    below the cutoff go.
-    """
-
-    relative: float | None = Field(default=None, gt=0, description="Fraction of the group max (global: of the mean).")
-    std: float | None = Field(default=None, description="k in mean - k * std.")
-    percentile: float | None = Field(default=None, ge=0, le=100)
-
-    @model_validator(mode="after")
-    def _one_form(self) -> "ThresholdSpec":
-        if len(_given(self)) != 1:
-            raise ValueError("set exactly one of relative, std or percentile, e.g. threshold: {relative: 0.1}")
-        return self
-
-    @property
-    def form(self) -> tuple[str, float]:
-        """The one form set, as (name, value): ``("relative", 0.1)``."""
-        return _given(self)[0]
-
-
-class TargetSpec(StrictModel):
-    """What the pruned model must reach; set exactly one: ``macs``/``params`` (fraction kept) or ``latency_ms``."""
-
-    macs: float | None = Field(default=None, gt=0, le=1, description="Fraction of the original MACs kept.")
-    params: float | None = Field(default=None, gt=0, le=1, description="Fraction of the original params kept.")
-    latency_ms: float | None = Field(
-        default=None, gt=0, description="p50 milliseconds on the first latency backend and the run's device."
-    )
-
-    @model_validator(mode="after")
-    def _one_target(self) -> "TargetSpec":
-        if len(_given(self)) != 1:
-            raise ValueError("set exactly one of macs, params or latency_ms, e.g. target: {macs: 0.5}")
-        return self
-
-    @property
-    def metric(self) -> tuple[str, float]:
-        """The one target set, as (name, value): ``("macs", 0.5)``."""
-        return _given(self)[0]
-
-
-def _given(spec: StrictModel) -> list[tuple[str, float]]:
-    """The (name, value) fields of ``spec`` that are not None, in declaration order."""
-    return [(name, float(value)) for name, value in spec if value is not None]
-
-
-_NO_MODE = object()  # SelectStep input with none of ratio, threshold, target
-
-
-class SelectStep(StrictModel):
-    """Decide which channels go, by exactly one of ``ratio``, ``threshold``, ``target`` or ``by: sensitivity``.
-
-    ``ratio``: the fraction of channels removed (per group, or over all groups with ``scope:
-    global``). ``threshold``: channels scored below it go (a number, or a ``ThresholdSpec``).
-    ``target``: the global ratio whose pruned model reaches the target, found by bisection.
-    ``by: sensitivity``: each group's ratio is the largest of ``sensitivity_ratios`` at which that
-    group alone (pruned by its scores, no fine-tuning) loses at most ``max_drop`` eval accuracy.
-    ``overrides`` fix a group's ratio by module glob; ``max_ratio`` caps every other group;
-    ``round_to`` and ``min_channels`` apply last, in every mode.
-    """
-
-    kind: Literal["select"]
-    ratio: float | None = Field(default=None, ge=0.0, lt=1.0, description="Fraction of channels removed.")
-    scope: Literal["local", "global"] = "local"
-    round_to: PositiveInt = 1
-    min_channels: PositiveInt = 1
-    threshold: float | ThresholdSpec | None = Field(
-        default=None, description="A score (channels below it go) or {relative|std|percentile: value}."
-    )
-    target: TargetSpec | None = None
-    max_ratio: float = Field(default=0.9, gt=0, le=1, description="Most of any group's channels a mode may remove.")
-    overrides: dict[str, float] = Field(
-        default_factory=dict, description="Module glob -> that group's ratio, e.g. {'layer4.*': 0.7, 'head.*': 0}."
-    )
-    ignore: list[str] = Field(default_factory=list, description="Module names or globs whose output channels are kept.")
-    by: Literal["scores", "sensitivity"] = Field(
-        default="scores",
-        description="sensitivity: per-group ratios from a sensitivity sweep, each group alone costing <= max_drop.",
-    )
-    max_drop: float | None = Field(
-        default=None, ge=0, description="by: sensitivity: most eval accuracy one group alone may cost (0.01: a point)."
-    )
-    sensitivity_ratios: list[Annotated[float, Field(gt=0, lt=1)]] = Field(
-        default_factory=lambda: [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9], min_length=1,
-        description="by: sensitivity: the ratios swept per group.",
-    )
-
-    @field_validator("threshold", mode="before")
-    @classmethod
-    def _threshold_form(cls, value: Any) -> Any:
-        if not isinstance(value, dict):
-            return value
-        from pydantic import ValidationError
-
-        try:
-            return ThresholdSpec.model_validate(value)
-        except ValidationError as error:  # one line about the mapping, not one per union member
-            first = error.errors()[0]
-            where = ".".join(str(part) for part in first["loc"])
-            problem = str(first["ctx"]["error"]) if first["type"] == "value_error" else first["msg"]
-            if first["type"] == "extra_forbidden":
-                where, problem = "", f"unknown key '{where}'; use one of relative, std or percentile"
-            raise ValueError(f"{where + ': ' if where else ''}{problem}") from None
-
-    @model_validator(mode="before")
-    @classmethod
-    def _some_mode(cls, data: Any) -> Any:
-        if isinstance(data, dict) and data.get("by") == "sensitivity":
-            return data
-        if isinstance(data, dict) and all(data.get(key) is None for key in ("ratio", "threshold", "target")):
-            return {**data, "ratio": _NO_MODE}  # reported as ratio: missing required key; add it
-        return data
-
-    @field_validator("ratio", mode="before")
-    @classmethod
-    def _ratio_given(cls, value: Any) -> Any:
-        if value is _NO_MODE:
-            from pydantic_core import PydanticCustomError
-
-            raise PydanticCustomError("missing", "Field required")
-        return value
-
-    @model_validator(mode="after")
-    def _one_mode_and_overrides_in_range(self) -> "SelectStep":
-        given = [name for name in ("ratio", "threshold", "target") if getattr(self, name) is not None]
-        if self.by == "sensitivity":
-            given.append("by: sensitivity")
-            if self.max_drop is None:
-                raise ValueError("by: sensitivity needs max_drop, the accuracy one group alone may cost, e.g. 0.01")
-        elif self.max_drop is not None:
-            raise ValueError("max_drop applies to by: sensitivity only; add by: sensitivity or remove max_drop")
-        if len(given) > 1:
-            raise ValueError(
-                f"{' and '.join(given)} exclude each other; keep one of ratio, threshold, target or by: sensitivity"
-            )
-        for pattern, ratio in self.overrides.items():
-            if not 0 <= ratio <= self.max_ratio:
-                raise ValueError(
-                    f"overrides['{pattern}'] is {ratio:g}, outside [0, max_ratio={self.max_ratio:g}]; "
-                    "lower it or raise max_ratio"
-                )
-        return self
-
-    @property
-    def mode(self) -> str:
-        """``ratio``, ``threshold``, ``target`` or ``sensitivity``: the one that is set."""
-        if self.by == "sensitivity":
-            return "sensitivity"
-        return "target" if self.target is not None else "threshold" if self.threshold is not None else "ratio"
+from prunecli.config.selection_steps import (  # noqa: F401 (re-exported with the other steps)
+    CRITERION_HELP, HybridCriterion, ScoreStep, SelectStep, TargetSpec, ThresholdSpec,
+)  # fmt: skip
 
 
 class PruneStep(StrictModel):
@@ -269,6 +47,26 @@ class FinetuneStep(StrictModel):
     distill: DistillSpec | None = None
 
 
+class RegularizeStep(FinetuneStep):
+    """Train with a sparsity penalty so that what to remove becomes obvious; measured as stage ``regularized``.
+
+    Every batch's loss is the task loss plus ``strength`` times the penalty. ``l1_bn``: the sum of
+    |gamma| of every normalisation layer's scale (network slimming, Liu et al. 2017; follow with
+    ``score: bn_scale`` and a ``select`` threshold). ``group_lasso``: the sum, over every channel of
+    every prunable group, of the L2 norm of all its slices in all the group's members (the channel
+    graph's coupled rows, norm entries and consumer columns). ``l1`` / ``l2``: the sum of |w| / w^2
+    of every weight with 2 or more dimensions. The training options are a finetune step's.
+    """
+
+    kind: Literal["regularize"]  # type: ignore[assignment]
+    penalty: Literal["l1_bn", "group_lasso", "l1", "l2"] = Field(
+        description="l1_bn: |gamma| of normalisation scales; group_lasso: L2 norm of each prunable channel's "
+        "slices in all its group's members; l1 / l2: |w| / w^2 of every weight with >= 2 dims."
+    )
+    strength: float = Field(gt=0, description="lambda: the penalty's weight in the loss (loss = task + lambda * P).")
+    epochs: int = Field(default=5, ge=1, description="Epochs of training with the penalty.")
+
+
 class EvaluateStep(StrictModel):
     """Measure the current model (size, MACs, latency, accuracy) under ``name`` in the report."""
 
@@ -283,17 +81,33 @@ class SparsifyStep(StrictModel):
     layer or ``scope: global``), ``threshold`` (weights with |w| below it) or ``pattern`` (``"N:M"``:
     in every M consecutive weights along a row of ``weight.reshape(out, -1)`` the N largest stay;
     layers whose row size is not a multiple of M are skipped and reported). The output layer is
-    left dense unless ``include_output``; ``ignore`` globs name modules left dense.
+    left dense unless ``include_output``; ``ignore`` globs name modules left dense. ``method:
+    movement`` (with ``ratio``) first trains ``epochs`` epochs accumulating each weight's movement
+    score ``-sum over steps of w * dL/dw`` (Sanh et al. 2020), then zeroes the lowest-scored weights.
     """
 
     kind: Literal["sparsify"]
-    method: Literal["magnitude"] = Field(default="magnitude", description="How weights are ranked (|w|).")
+    method: Literal["magnitude", "movement"] = Field(
+        default="magnitude",
+        description="How weights are ranked: magnitude (|w|), or movement (-sum of w * dL/dw over `epochs` of "
+        "training; the weights moving toward zero go first).",
+    )
     ratio: float | None = Field(default=None, ge=0.0, lt=1.0, description="Fraction of weights zeroed.")
     threshold: float | None = Field(default=None, ge=0.0, description="Weights with |w| below this are zeroed.")
     pattern: str | None = Field(default=None, description='N:M structured sparsity, e.g. "2:4" or "4:8" (quoted).')
     scope: Literal["local", "global"] = Field(default="local", description="ratio: per layer, or over all layers.")
     ignore: list[str] = Field(default_factory=list, description="Module names or globs left dense.")
     include_output: bool = Field(default=False, description="Also sparsify the model's last conv/linear layer.")
+    dynamic: bool = Field(
+        default=False,
+        description="Inside a repeat: each round recomputes the masks from |w| of all considered weights at the "
+        "round's ratio, a weight masked earlier counting with the value it had when masked; a masked weight that "
+        "now ranks above a kept one comes back with that value. Without it a weight masked once stays masked.",
+    )
+    epochs: PositiveInt | None = Field(
+        default=None, description="movement: epochs of training (adam, cosine) that accumulate the scores; default 1."
+    )
+    lr: float | None = Field(default=None, gt=0, description="movement: learning rate of that training; default 1e-3.")
 
     @field_validator("pattern", mode="before")
     @classmethod
@@ -313,6 +127,20 @@ class SparsifyStep(StrictModel):
             raise ValueError("set exactly one of ratio, threshold or pattern, e.g. ratio: 0.9 or pattern: \"2:4\"")
         if self.pattern is not None and self.scope == "global":
             raise ValueError("scope applies to ratio only; remove scope: global from this pattern step")
+        return self
+
+    @model_validator(mode="after")
+    def _movement_options(self) -> "SparsifyStep":
+        if self.method == "movement" and self.ratio is None:
+            raise ValueError("method: movement zeroes the lowest-scored fraction of the weights; give ratio, e.g. 0.5")
+        if self.method != "movement" and (self.epochs is not None or self.lr is not None):
+            raise ValueError("epochs and lr apply to method: movement only; remove them or set method: movement")
+        return self
+
+    @model_validator(mode="after")
+    def _dynamic_ratio(self) -> "SparsifyStep":
+        if self.dynamic and (self.method != "magnitude" or self.ratio is None):
+            raise ValueError("dynamic applies to method: magnitude with a ratio; remove dynamic or give ratio")
         return self
 
     @property
@@ -336,7 +164,111 @@ class QuantizeStep(StrictModel):
     batches: PositiveInt = Field(default=8, description="static: calibration batches (of data.batch_size).")
 
 
+class ReconstructStep(StrictModel):
+    """Refit, by least squares, the layers that lost input channels so they reproduce the original's outputs.
+
+    Channel pruning by reconstruction (He et al. 2017; ThiNet, Luo et al. 2017), no gradients: in
+    forward order, each Linear / Conv2d whose inputs were pruned gets the weight and bias that best
+    map its inputs in the pruned model to the same layer's outputs (the kept ones) in the unpruned
+    model, on ``batches`` batches of the train split (eval if none). Needs a prune step before it;
+    measured as stage ``reconstructed``.
+    """
+
+    kind: Literal["reconstruct"]
+    batches: PositiveInt = Field(
+        default=8, description="Calibration batches (of data.batch_size) of the train split (eval if none)."
+    )
+    ridge: float = Field(
+        default=1e-2, ge=0,
+        description="Ridge strength, relative to the mean squared input of the layer; it pulls the refit weights "
+        "toward the pruned ones. 0: plain least squares.",
+    )  # fmt: skip
+
+
+class PruneBlocksStep(StrictModel):
+    """Remove whole residual branches (the ``f`` in ``x + f(x)``) and, on request, identity-shaped layers.
+
+    Candidates are found in the traced graph, not by class name. ``residual``: the branch of every
+    residual add; a module made of residual branches only (a transformer block) is one candidate
+    and becomes a pass-through; a branch in a module that does more (a ResNet BasicBlock, ReLU after
+    the add) loses its modules (pass-throughs, its last one returns zeros). ``layer``: modules with
+    parameters, called once on one tensor, whose output has the input's shape (replaced by a
+    pass-through). Each candidate is scored removed alone; the lowest-scored ``count`` (or ``ratio``
+    of the candidates, rounded down) go, skipping any that overlaps one already chosen. Verified:
+    the pruned outputs equal the original's with those branches zeroed (layers bypassed) by hooks.
+    Measured as stage ``blocks_pruned``; comes before score/select/prune, which then see the smaller model.
+    """
+
+    kind: Literal["prune_blocks"]
+    count: PositiveInt | None = Field(default=None, description="How many candidates are removed.")
+    ratio: float | None = Field(
+        default=None, gt=0, le=1, description="Fraction of the candidates removed (rounded down)."
+    )
+    candidates: list[Literal["residual", "layer"]] = Field(
+        default_factory=lambda: ["residual"], min_length=1,
+        description="residual: residual branches and blocks made of them; layer: modules whose output has their "
+        "input's shape (norms, square convs and linears, whole stages).",
+    )  # fmt: skip
+    criterion: Literal["loss", "relative_norm"] = Field(
+        default="loss",
+        description="loss: increase of the eval-mode loss when the candidate alone is removed (hooks), over "
+        "`batches` batches of the train split (eval if none); relative_norm: mean ||f(x)|| / ||x|| of a branch "
+        "(||M(x) - x|| / ||x|| of a block or layer), no labels needed.",
+    )
+    batches: PositiveInt = Field(default=4, description="Scoring batches (of data.batch_size).")
+    ignore: list[str] = Field(
+        default_factory=list, description="Module names or globs; candidates touching a matching module stay."
+    )
+    tolerance: float = Field(default=1e-4, gt=0, description="Max abs difference allowed by verification.")
+
+    @model_validator(mode="after")
+    def _count_or_ratio(self) -> "PruneBlocksStep":
+        if (self.count is None) == (self.ratio is None):
+            raise ValueError("set exactly one of count or ratio, e.g. count: 2 or ratio: 0.25")
+        return self
+
+
+class RepeatStep(StrictModel):
+    """Run ``steps`` ``rounds`` times, removing a little more each round (gradual pruning), on a schedule.
+
+    The inner ``select``'s ``ratio`` or ``target`` (``macs``/``params``) and the inner ``sparsify``'s
+    ``ratio`` are the values the last round reaches; ``schedule`` gives every earlier round's value
+    (see ``prunecli.selection.schedule``), from ``start`` (round 1's value) or else from the unpruned
+    model. Every value counts against the unpruned model: ``target: {macs: 0.3}`` keeps 0.3 of the
+    original MACs, ``ratio: 0.5`` removes half of each group's original channels. The channel graph
+    is rebuilt every round, each prune is verified, and each round's stages are named
+    ``round<k>.<stage>`` (``round2.pruned``, ``round2.finetuned``). Allowed inside: score, select,
+    prune, finetune, sparsify, evaluate; a round needs a prune or a sparsify step.
+    """
+
+    kind: Literal["repeat"]
+    rounds: int = Field(ge=1, le=100, description="How many times the steps run.")
+    schedule: Literal["linear", "agp", "geometric"] = Field(
+        default="agp",
+        description="How the kept fraction k moves from the first round to the final value: linear; agp (cubic, "
+        "Zhu & Gupta 2017: k_N + (k_0 - k_N)(1 - p)^3, big steps first); geometric (each round keeps the same "
+        "share of the previous one).",
+    )
+    start: float | None = Field(
+        default=None, ge=0, le=1,
+        description="Round 1's value, in the scheduled option's unit (ratio: fraction removed; target: fraction "
+        "kept). Default: the schedule's first step from the unpruned model.",
+    )  # fmt: skip
+    steps: list[Step] = Field(min_length=1, description="The steps of one round, in order.")
+
+    @model_validator(mode="after")
+    def _round_steps(self) -> "RepeatStep":
+        from prunecli.config.rounds import check_repeat
+
+        check_repeat(self)
+        return self
+
+
 Step = Annotated[
-    Union[ScoreStep, SelectStep, PruneStep, FinetuneStep, EvaluateStep, SparsifyStep, QuantizeStep],
+    Union[
+        ScoreStep, SelectStep, PruneStep, FinetuneStep, EvaluateStep, SparsifyStep, QuantizeStep, RegularizeStep,
+        RepeatStep, PruneBlocksStep, ReconstructStep,
+    ],
     Field(discriminator="kind"),
 ]
+RepeatStep.model_rebuild()  # its steps are Steps: resolved once the union exists

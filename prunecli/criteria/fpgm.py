@@ -51,6 +51,6 @@ def group_fpgm(group: PruningGroup, tensors: dict[str, torch.Tensor], reduction:
 @register("fpgm")
 def fpgm(inputs: ScoringInputs) -> Scores:
     """Sum of distances from each channel's producer filter(s) to the group's other filters."""
-    tensors = dict(inputs.module.named_parameters())
+    tensors = inputs.parameter_tensors()
     scores = {group.id: group_fpgm(group, tensors, inputs.reduction) for group in inputs.graph.prunable_groups}
     return {group_id: score for group_id, score in scores.items() if score is not None}

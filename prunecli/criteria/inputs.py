@@ -12,10 +12,10 @@ Static criteria read ``inputs.graph`` and ``inputs.module``; data-driven ones al
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -31,15 +31,17 @@ Reduction = Literal["sum", "mean", "max"]
 
 @dataclass(frozen=True)
 class ScoringInputs:
-    """Everything a criterion may read; static criteria need only ``graph`` and ``module``.
+    """Everything a criterion may read; static criteria need only ``graph`` and ``module`` (or ``tensors``).
 
     ``reduction`` says how the scores of a coupled group's members combine into one score per
     channel (``sum``, ``mean`` or ``max``). ``split`` (with ``batch_size`` and ``batch_count``)
-    feeds data-driven criteria; ``progress`` shows a bar on stderr while they run.
+    feeds data-driven criteria; ``progress`` shows a bar on stderr while they run. ``tensors``
+    (name -> numpy or torch array) replaces the module's parameters for static criteria: an ONNX
+    graph's initializers, by the names its ``Member``s use, with ``module=None``.
     """
 
     graph: ChannelGraph
-    module: torch.nn.Module
+    module: torch.nn.Module | None
     seed: int = 0
     reduction: Reduction = "sum"
     split: Split | None = None
@@ -47,6 +49,13 @@ class ScoringInputs:
     batch_count: int = 8
     device: str = "cpu"
     progress: bool = False
+    tensors: Mapping[str, Any] | None = None
+
+    def parameter_tensors(self) -> dict[str, torch.Tensor]:
+        """The weights static criteria read, by member tensor name: ``tensors`` if given, else the module's."""
+        if self.tensors is None:
+            return dict(self.module.named_parameters())
+        return {name: torch.as_tensor(np.array(value)) for name, value in self.tensors.items()}
 
     @property
     def batches_per_pass(self) -> int:

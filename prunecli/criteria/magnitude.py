@@ -27,9 +27,14 @@ def member_sums(
         if not member.is_parameter or member.tensor not in tensors:
             continue
         tensor = tensors[member.tensor].detach().to(torch.float64).cpu()
-        per_position = tensor.abs().pow(power).movedim(member.dim, 0).reshape(tensor.shape[member.dim], -1).sum(1)
+        per_position = position_sums(tensor, member.dim, power=power)
         sums.append(to_channels(per_position.numpy(), member.positions, channels, within="sum"))
     return sums
+
+
+def position_sums(tensor: torch.Tensor, dim: int, *, power: int) -> torch.Tensor:
+    """Sum of |w|^power over each position of ``dim`` (shape ``(tensor.shape[dim],)``); differentiable."""
+    return tensor.abs().pow(power).movedim(dim, 0).reshape(tensor.shape[dim], -1).sum(1)
 
 
 def group_norm(
@@ -43,7 +48,7 @@ def group_norm(
 
 
 def _scores(inputs: ScoringInputs, power: int) -> Scores:
-    tensors = dict(inputs.module.named_parameters())
+    tensors = inputs.parameter_tensors()
     return {
         group.id: group_norm(group, tensors, power=power, reduction=inputs.reduction)
         for group in inputs.graph.prunable_groups

@@ -2,6 +2,6 @@
 and the distillation loss (``distill``). Importing this package imports torch.
 """
 
-from prunecli.finetune.loop import finetune
+from prunecli.finetune.loop import TrainingHooks, finetune
 
-__all__ = ["finetune"]
+__all__ = ["TrainingHooks", "finetune"]

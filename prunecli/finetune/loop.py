@@ -5,7 +5,8 @@
     # [0.84, 0.41, 0.33]: mean training loss per epoch
 
 Runs are reproducible: the same seed gives the same batches (``batches(..., seed=seed + epoch)``)
-and the same weights.
+and the same weights. ``TrainingHooks`` let a caller add a penalty to every batch's loss (sparsity
+regularisation) or read the gradients after backward (movement scores) without another loop.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -28,6 +30,23 @@ from prunecli.sparsity.masks import bind_masks
 Advance = Callable[[float], None]
 
 
+@dataclass(frozen=True)
+class TrainingHooks:
+    """Extension points of the training loop; both are called once per batch.
+
+    ``penalty()`` returns a differentiable scalar added to the batch's loss (the reported losses
+    include it), e.g. ``lambda: 1e-4 * sum(bn.weight.abs().sum() for bn in norms)``.
+    ``after_backward()`` runs after ``loss.backward()`` and before the optimizer step, with the
+    gradients in ``parameter.grad``, e.g. to accumulate ``-weight * grad`` (movement scores).
+    """
+
+    penalty: Callable[[], torch.Tensor] | None = None
+    after_backward: Callable[[], None] | None = None
+
+
+NO_HOOKS = TrainingHooks()
+
+
 def finetune(
     module: torch.nn.Module,
     *,
@@ -39,12 +58,14 @@ def finetune(
     teacher: torch.nn.Module | None = None,
     progress: bool = False,
     masks: Mapping[str, torch.Tensor] | None = None,
+    hooks: TrainingHooks = NO_HOOKS,
 ) -> list[float]:
     """Train ``module`` in place (moved to ``device``); returns the mean training loss of each epoch.
 
     With ``step.distill`` and a ``teacher`` the loss is the distillation blend (see ``distill``);
     otherwise cross-entropy. ``step.epochs == 0`` changes nothing. The module ends in eval mode.
     ``masks`` (parameter name -> bool keep-mask, from sparsify steps) re-zero weights after every optimizer step.
+    ``hooks`` add a penalty to the loss and/or run after every backward pass (see ``TrainingHooks``).
     """
     if step.epochs == 0:
         return []
@@ -63,7 +84,7 @@ def finetune(
                 epoch_batches = batches(train, batch_size=batch_size, shuffle=True, seed=seed + epoch)
                 mean_loss = _train_epoch(
                     module, epoch_batches, optimizer=optimizer, scheduler=scheduler, step=step, teacher=teacher,
-                    device=device, advance=advance, reapply_masks=reapply_masks,
+                    device=device, advance=advance, reapply_masks=reapply_masks, hooks=hooks,
                 )
                 epoch_losses.append(_checked_mean(mean_loss, epoch=epoch))
     finally:
@@ -82,14 +103,19 @@ def _train_epoch(
     device: str,
     advance: Advance,
     reapply_masks: Callable[[], None] = lambda: None,
+    hooks: TrainingHooks = NO_HOOKS,
 ) -> float:
     """One pass over ``epoch_batches``; returns the mean loss per sample."""
     loss_sum, samples = 0.0, 0
     for inputs, labels in epoch_batches:
         inputs, labels = inputs.to(device), labels.to(device)
         loss = _batch_loss(module, inputs, labels, step=step, teacher=teacher)
+        if hooks.penalty is not None:
+            loss = loss + hooks.penalty()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        if hooks.after_backward is not None:
+            hooks.after_backward()
         optimizer.step()
         reapply_masks()  # weights zeroed by a sparsify step stay zero
         if scheduler is not None:

@@ -238,3 +238,36 @@ class SpaceTable:
             for atom, positions in self.index_maps(factor).items():
                 maps[atom] = np.tile(np.repeat(positions, inner), outer)
         return maps
+
+
+def couple_conv(table: SpaceTable, x: list[Layout], w: list[Layout], w_shape: tuple[int, ...], groups: int) -> None:
+    """Tie a convolution's input channels (``x[1]``) to its weight (``w``), for torch and ONNX rules alike.
+
+    Kernel dims are fixed. ``groups == 1``: input channels meet weight dim 1. Depthwise (one input
+    channel per filter, ``groups`` filters): output channels are the input channels. Other grouped
+    convs split both sides into (groups, channels per group) and keep the group count fixed.
+    """
+    for kernel in w[2:]:
+        table.mark_fixed(kernel, "kernel dimension")
+    if groups == 1:
+        table.unify(x[1], w[1])
+    elif w_shape[1] == 1 and w_shape[0] == groups:
+        table.unify(x[1], w[0])
+    else:
+        in_group, in_channel = table.split(x[1], [groups, w_shape[1]], as_product=True)
+        out_group, _ = table.split(w[0], [groups, w_shape[0] // groups], as_product=True)
+        table.unify(in_group, out_group)
+        table.unify(in_channel, w[1])
+        table.mark_fixed(in_group, "group count of a grouped convolution")
+
+
+def concat_layouts(table: SpaceTable, parts: list[list[Layout]], axis: int) -> list[Layout]:
+    """The output layout of concatenating ``parts`` along ``axis``: a Concat there, the other dims tied."""
+    first = parts[0]
+    for other in parts[1:]:
+        for d, layout in enumerate(other):
+            if d != axis:
+                table.unify(first[d], layout)
+    outputs = list(first)
+    outputs[axis] = Concat(tuple(part[axis] for part in parts))
+    return outputs

@@ -28,7 +28,6 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from prunecli.errors import InputError
 from prunecli.graph.channel_graph import ChannelGraph, PruningGroup
 from prunecli.graph.trace import build_channel_graph
 from prunecli.metrics.macs import macs_by_module
@@ -43,11 +42,10 @@ GRAPH_BATCH_SIZE = 2  # a batch of 2 keeps the batch dimension apart from channe
 def inspect_model(spec: ModelSpec, *, base_dir: Path, trust_pickle: bool, seed: int = 0) -> dict[str, Any]:
     """Load the model ``spec`` names, build its channel graph on a seeded random batch and summarize it."""
     loaded = load_model(spec, base_dir=base_dir, trust_pickle=trust_pickle)
-    if loaded.module is None:
-        raise InputError(
-            f"{loaded.source.name} is ONNX: inspect needs a PyTorch model for now; native ONNX graphs come later; "
-            "inspect the PyTorch model it was exported from"
-        )
+    if loaded.module is None:  # an ONNX graph: its own front-end (prunecli.onnx_graph)
+        from prunecli.onnx_graph.summary import onnx_prunability
+
+        return onnx_prunability(loaded)
     generator = torch.Generator().manual_seed(seed)
     example_input = torch.randn((GRAPH_BATCH_SIZE, *loaded.input_shape[1:]), generator=generator)
     graph = build_channel_graph(loaded.module, example_input)

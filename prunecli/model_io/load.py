@@ -145,18 +145,23 @@ def _load_state_dict(path: Path, *, spec: ModelSpec, base_dir: Path) -> LoadedMo
     return LoadedModel(
         format="state_dict", source=path, module=module, onnx_path=None, arch=arch, arch_kwargs=dict(kwargs),
         input_shape=shape, keep=plan.keep if plan else {}, attributes=plan.attributes if plan else {},
+        modules=plan.modules if plan else {},
     )  # fmt: skip
 
 
 def _rebuilt_module(
     state: dict[str, torch.Tensor], *, arch: str, kwargs: dict[str, Any], plan: SavedPlan | None, path: Path
 ) -> torch.nn.Module:
-    """Build ``arch`` (already resolved), replay ``plan``'s kept channels, load ``state``; eval mode."""
+    """Build ``arch`` (already resolved), replay ``plan``'s kept channels and replaced modules, load ``state``."""
     module = build_module(arch, kwargs, base_dir=path.parent)
     if plan is not None and (plan.keep or plan.attributes):
         from prunecli.surgery import apply_keep
 
         apply_keep(module, plan.keep, attributes=plan.attributes)
+    if plan is not None and plan.modules:
+        from prunecli.blocks.surgery import replace_modules
+
+        replace_modules(module, plan.modules)
     _load_weights(module, state, path=path, arch=arch)
     return module.eval()
 

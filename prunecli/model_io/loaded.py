@@ -22,7 +22,8 @@ class LoadedModel:
     module with any file path made absolute, so that a saved ``plan.json`` replays from
     anywhere. ``keep`` is the channel plan already applied at load time (from a sibling
     ``<stem>.plan.json``): tensor name -> dim -> kept indices, relative to the unpruned arch;
-    ``attributes`` the module attribute values that plan set.
+    ``attributes`` the module attribute values that plan set; ``modules`` the modules it replaced
+    (``prune_blocks``: path -> ``"identity"`` or ``"zero"``).
 
     Example: ``digits_cnn.pt`` + ``model.arch: archs.py:DigitsCNN`` loads as::
 
@@ -40,3 +41,4 @@ class LoadedModel:
     input_shape: tuple[int, ...]
     keep: dict[str, dict[int, list[int]]] = field(default_factory=dict)
     attributes: dict[str, dict[str, int]] = field(default_factory=dict)
+    modules: dict[str, str] = field(default_factory=dict)

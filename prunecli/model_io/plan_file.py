@@ -5,13 +5,15 @@ Saved beside ``model.pt``; on load the arch is built, the kept channels are slic
 
     {"version": 1, "arch": "archs.py:DigitsCNN", "kwargs": {}, "input_shape": [1, 1, 8, 8],
      "keep": {"conv1.weight": {"0": [0, 2, 5]}, "conv1.bias": {"0": [0, 2, 5]}, ...},
-     "attributes": {"blocks.0.attn": {"num_heads": 2}}}
+     "attributes": {"blocks.0.attn": {"num_heads": 2}}, "modules": {"blocks.3": "identity"}}
 
 A file path in ``arch`` is relative to the plan file's folder: ``save_model`` copies the arch file
 there (``arch.portable_arch``), so an output folder can be moved. Older plans hold an absolute
 path, which still loads; an importable ``arch`` (``timm:create_model``) is saved as it is.
 ``keep`` maps a tensor name to dim -> kept indices, always relative to the unpruned arch;
-``attributes`` holds the new values of int attributes the model's code sizes tensors with.
+``attributes`` holds the new values of int attributes the model's code sizes tensors with;
+``modules`` the modules ``prune_blocks`` replaced (path -> ``"identity"`` or ``"zero"``), replayed
+after the channels.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ class SavedPlan:
     input_shape: tuple[int, ...] | None
     keep: Keep
     attributes: dict[str, dict[str, Any]] = field(default_factory=dict)
+    modules: dict[str, str] = field(default_factory=dict)
 
 
 def plan_path_for(model_path: Path) -> Path:
@@ -55,6 +58,7 @@ def plan_to_json(plan: SavedPlan) -> str:
         "input_shape": None if plan.input_shape is None else list(plan.input_shape),
         "keep": {name: {str(dim): list(indices) for dim, indices in dims.items()} for name, dims in plan.keep.items()},
         "attributes": plan.attributes,
+        "modules": plan.modules,
     }
     return json.dumps(document, indent=2) + "\n"
 
@@ -73,6 +77,7 @@ def read_plan(path: Path) -> SavedPlan:
             keep=normalize_keep(document.get("keep") or {}),
             attributes={str(path): {str(k): _size(v) for k, v in values.items()}
                         for path, values in (document.get("attributes") or {}).items()},  # fmt: skip
+            modules={str(path): str(kind) for path, kind in (document.get("modules") or {}).items()},
         )
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
         raise InputError(

@@ -49,12 +49,14 @@ def save_model(
     example_input: torch.Tensor,
     keep: KeepMapping | None,
     attributes: Mapping[str, Mapping[str, int]] | None = None,
+    modules: Mapping[str, str] | None = None,
     onnx: bool = True,
 ) -> dict[str, Path]:
     """Write ``module`` (pruned from ``loaded``) into ``out_dir``; returns {"model", "onnx", ...} paths.
 
     ``keep`` is the channel plan the surgery applied (tensor name -> dim -> kept indices, relative
-    to ``loaded.module``); it goes into plan.json for state_dict inputs. ``onnx=False`` leaves
+    to ``loaded.module``); it goes into plan.json for state_dict inputs, with ``modules`` (the modules
+    ``prune_blocks`` replaced, path -> "identity" | "zero"). ``onnx=False`` leaves
     ``model.onnx`` to the caller (the runner exports it on a best-effort basis).
     """
     import torch
@@ -65,7 +67,9 @@ def save_model(
     out_dir.mkdir(parents=True, exist_ok=True)
     onnx_paths = {"onnx": export_onnx(module, example_input, out_dir / "model.onnx")} if onnx else {}
     if loaded.format == "state_dict":
-        written = _save_state_dict(loaded, module, out_dir=out_dir, keep=keep or {}, attributes=attributes or {})
+        written = _save_state_dict(
+            loaded, module, out_dir=out_dir, keep=keep or {}, attributes=attributes or {}, modules=modules or {}
+        )
     elif loaded.format == "pickle":
         written = {"model": out_dir / "model.pt"}
         with atomic_path(written["model"]) as temporary:
@@ -146,6 +150,7 @@ def _save_state_dict(
     out_dir: Path,
     keep: KeepMapping,
     attributes: Mapping[str, Mapping[str, int]],
+    modules: Mapping[str, str],
 ) -> dict[str, Path]:
     import torch
 
@@ -159,6 +164,7 @@ def _save_state_dict(
         input_shape=loaded.input_shape,
         keep=compose_keep(loaded.keep, keep),
         attributes=merge_attributes(loaded.attributes, attributes),
+        modules={**loaded.modules, **modules},
     )
     atomic_write_text(plan_path, plan_to_json(plan))
     return {"model": model_path, "plan": plan_path, **arch_files}

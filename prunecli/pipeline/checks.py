@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from prunecli.config.loading import check_referenced_files
-from prunecli.config.schema import Pipeline, SelectStep
+from prunecli.config.schema import Pipeline, PruneBlocksStep, SelectStep
 from prunecli.errors import InputError
 
 if TYPE_CHECKING:
@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from prunecli.data.dataset import DataSet
     from prunecli.model_io import LoadedModel
 
-_TORCH_ONLY = {"score", "select", "prune", "finetune"}
+_TORCH_ONLY = {"score", "select", "prune", "finetune", "regularize", "prune_blocks", "reconstruct"}
 
 
 @dataclass(frozen=True)
@@ -44,7 +44,7 @@ def check_pipeline(pipeline: Pipeline, *, base_dir: Path) -> None:
     if pipeline.model.path is None:
         raise InputError("model.path is missing: set it in the pipeline or pass --model PATH")
     check_referenced_files(pipeline, base_dir=base_dir)
-    kinds = [step.kind for step in pipeline.steps]
+    kinds = [step.kind for step in pipeline.all_steps]  # inside repeat blocks too
     blocked = sorted(_TORCH_ONLY.intersection(kinds))
     if _is_onnx(pipeline) and blocked:
         raise InputError(
@@ -63,6 +63,11 @@ def check_pipeline(pipeline: Pipeline, *, base_dir: Path) -> None:
         raise InputError("quantize mode: static calibrates on data: set data.train or data.eval, or use mode: dynamic")
     if "finetune" in kinds and not has_train:
         raise InputError("a finetune step needs training data: set data.train")
+    if "reconstruct" in kinds and not (has_train or has_eval):
+        raise InputError("a reconstruct step refits layers on calibration data: set data.train or data.eval")
+    if "reconstruct" in kinds and "sparsify" in kinds[: kinds.index("reconstruct")]:
+        raise InputError("a reconstruct step after sparsify would refill the zeroed weights; put it before sparsify")
+    _check_training_steps(pipeline, has_train=has_train)
     if pipeline.gates.max_accuracy_drop is not None and not has_eval:
         raise InputError("gates.max_accuracy_drop needs eval data: set data.eval")
     if pipeline.device == "cuda":
@@ -77,27 +82,46 @@ def prepare(pipeline: Pipeline, *, base_dir: Path, trust_pickle: bool) -> Prepar
 
     loaded = load_model(pipeline.model, base_dir=base_dir, trust_pickle=trust_pickle)
     if loaded.module is not None:
-        for index, step in enumerate(pipeline.steps):
+        for where, step in pipeline.steps_with_paths():
             if isinstance(step, SelectStep):
-                _check_select(step, index=index, module=loaded.module)
+                _check_select(step, where=where, module=loaded.module)
+            if isinstance(step, PruneBlocksStep):
+                _check_globs(step.ignore, where=f"{where}.ignore", module=loaded.module)
     data = load_data(pipeline.data, base_dir=base_dir)
     return Prepared(loaded=loaded, data=check_against_model(data, input_shape=loaded.input_shape, num_outputs=None))
 
 
-def _check_select(step: SelectStep, *, index: int, module: torch.nn.Module) -> None:
-    names = [name for name, _ in module.named_modules() if name]
+def _check_select(step: SelectStep, *, where: str, module: torch.nn.Module) -> None:
     for key, patterns in (("ignore", step.ignore), ("overrides", list(step.overrides))):
-        for pattern in patterns:
-            if not any(fnmatch.fnmatchcase(name, pattern) for name in names):
-                close = difflib.get_close_matches(pattern, names, n=1)
-                hint = f"did you mean '{close[0]}'?" if close else f"names look like '{names[0]}'" if names else ""
-                raise InputError(f"steps.{index}.{key}: '{pattern}' matches no module of the model; {hint}")
+        _check_globs(patterns, where=f"{where}.{key}", module=module)
     widest = max((p.shape[0] for p in module.parameters() if p.dim() >= 2), default=0)
     if step.ratio != 0 and 0 < widest <= step.min_channels:  # threshold and target modes (ratio None) prune too
         raise InputError(
-            f"steps.{index}.min_channels is {step.min_channels} but the widest layer has {widest} channels, "
+            f"{where}.min_channels is {step.min_channels} but the widest layer has {widest} channels, "
             "so nothing would be pruned; lower min_channels"
         )
+
+
+def _check_globs(patterns: list[str], *, where: str, module: torch.nn.Module) -> None:
+    """Refuse a module glob that matches no module of ``module``, suggesting a close name."""
+    names = [name for name, _ in module.named_modules() if name]
+    for pattern in patterns:
+        if not any(fnmatch.fnmatchcase(name, pattern) for name in names):
+            close = difflib.get_close_matches(pattern, names, n=1)
+            hint = f"did you mean '{close[0]}'?" if close else f"names look like '{names[0]}'" if names else ""
+            raise InputError(f"{where}: '{pattern}' matches no module of the model; {hint}")
+
+
+def _check_training_steps(pipeline: Pipeline, *, has_train: bool) -> None:
+    """Refuse regularize and movement-sparsify steps (they train) without training data or on an ONNX input."""
+    for where, step in pipeline.steps_with_paths():
+        name = "regularize" if step.kind == "regularize" else None
+        if step.kind == "sparsify" and step.method == "movement":
+            name = "sparsify method: movement"
+        if name and not has_train:
+            raise InputError(f"{where}: a {name} step trains the model and needs training data: set data.train")
+        if name and _is_onnx(pipeline):
+            raise InputError(f"{where}: a {name} step trains the model; pass the PyTorch checkpoint, not ONNX")
 
 
 def _is_onnx(pipeline: Pipeline) -> bool:

@@ -27,7 +27,12 @@ BASELINE = "original"
 
 
 def measure_stage(state: RunState, name: str) -> dict[str, Any]:
-    """Measure the current model's size, MACs and accuracy as stage ``name``; keep it for timing."""
+    """Measure the current model's size, MACs and accuracy as stage ``name``; keep it for timing.
+
+    Inside a repeat's round (``state.stage_prefix``, e.g. ``round2``) the stage is ``round2.<name>``.
+    """
+    if state.stage_prefix:
+        name = f"{state.stage_prefix}.{name}"
     with state.timed("measure"):
         if state.module is not None:
             stage = _measure_torch(state)

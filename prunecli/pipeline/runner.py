@@ -29,6 +29,9 @@ from prunecli.pipeline.options import RunOptions, RunResult
 from prunecli.pipeline.state import RunState, timed
 from prunecli.pipeline.steps import run_step
 from prunecli.quantize.stage import quantization_report
+from prunecli.reconstruct.report import reconstruction_report
+from prunecli.regularize.report import regularization_report
+from prunecli.report.rounds import rounds_entry
 from prunecli.report.write import write_report
 from prunecli.sparsity.report import sparsity_report
 from prunecli.threads import torch_threads
@@ -154,7 +157,7 @@ def _write_model(state: RunState, folder: OutputFolder) -> dict[str, Path]:
         example = state.sample[:2].cpu()
         staged = save_model(
             state.loaded, state.module.cpu(), out_dir=folder.staging, example_input=example, keep=state.keep,
-            attributes=state.attributes, onnx=False,
+            attributes=state.attributes, modules=state.replaced_modules, onnx=False,
         )  # fmt: skip
     with state.timed("export"):
         try:
@@ -181,6 +184,10 @@ def build_report(state: RunState, *, written: dict[str, Path]) -> dict[str, Any]
     report["scoring"] = state.scoring  # per score step: criterion, seconds, batches, groups left unscored
     report["prunability"] = _prunability(state)
     report["sparsity"] = sparsity_report(state.sparsity, state.module, state.original)  # sparsify steps
+    report["regularization"] = regularization_report(state.regularization)  # regularize steps: before/after
+    report["reconstruction"] = reconstruction_report(state.reconstruction)  # reconstruct steps: per-layer fit
+    report["rounds"] = rounds_entry(state.rounds, state.stages)  # repeat: one row per round (report.rounds)
+    report["blocks"] = state.blocks  # prune_blocks: candidates, scores, removed, verification (blocks.stage)
     report["model"] = {"path": str(state.loaded.source), "format": state.loaded.format}
     report["outputs"] = {key: str(path) for key, path in written.items()}
     report["onnx_export_error"] = state.onnx_error
@@ -196,7 +203,8 @@ def _prunability(state: RunState) -> dict[str, Any] | None:
     if state.graph is None:
         return None
     left_intact = state.plan.skipped if state.plan else {}
-    summary = prunability(state.graph, state.original, state.sample, left_intact=left_intact)
+    traced = state.graph_of or state.original  # the model the graph came from (after prune_blocks, the smaller one)
+    summary = prunability(state.graph, traced, state.sample, left_intact=left_intact)
     reasons = dict(summary["unprunable_reasons"])
     for reason in left_intact.values():
         reasons[reason] = reasons.get(reason, 0) + 1

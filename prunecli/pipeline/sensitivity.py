@@ -88,7 +88,7 @@ def ratios_within(sweep: dict[str, Any], *, max_drop: float) -> dict[str, float]
 
 
 def _score(state: RunState) -> None:
-    step = next((s for s in state.pipeline.steps if isinstance(s, ScoreStep)), None)
+    step = next((s for s in state.pipeline.all_steps if isinstance(s, ScoreStep)), None)
     run_step(state, step or ScoreStep(kind="score", criterion="l2"))
 
 

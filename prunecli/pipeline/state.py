@@ -59,6 +59,14 @@ class RunState:
     onnx_error: str | None = None
     sparsity: Any | None = None  # SparsityState (prunecli.sparsity): masks kept through fine-tuning
     quantization: dict[str, Any] | None = None  # quantize step: mode, int8 file (or error); see quantize.stage
+    regularization: list[dict[str, Any]] = field(default_factory=list)  # per regularize step; see regularize.report
+    graph_of: torch.nn.Module | None = None  # the module ``graph`` was built from: score rebuilds it for another
+    original_channels: dict[str, int] | None = None  # group name -> channels in the first graph (the unpruned model)
+    stage_prefix: str | None = None  # inside a repeat: "round2", so measure_stage names "round2.pruned"
+    rounds: list[dict[str, Any]] = field(default_factory=list)  # repeat: one record per round (pipeline.repeat)
+    blocks: dict[str, Any] | None = None  # prune_blocks: candidates, scores, removed, verification (blocks.stage)
+    replaced_modules: dict[str, str] = field(default_factory=dict)  # prune_blocks: path -> "identity" | "zero"
+    reconstruction: list[dict[str, Any]] = field(default_factory=list)  # per reconstruct step; see reconstruct.report
 
     @property
     def latency_threads(self) -> int:

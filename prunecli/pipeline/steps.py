@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 
-from prunecli.config.schema import EvaluateStep, FinetuneStep, PruneStep, ScoreStep, SelectStep
-from prunecli.config.schema import SparsifyStep
-from prunecli.config.schema import QuantizeStep
+from prunecli.config.schema import (
+    EvaluateStep, FinetuneStep, PruneBlocksStep, PruneStep, QuantizeStep, ReconstructStep, RegularizeStep, RepeatStep,
+    ScoreStep, SelectStep, SparsifyStep,
+)  # fmt: skip
 from prunecli.criteria.inputs import ScoringInputs
 from prunecli.criteria.scoring import score_groups
 from prunecli.errors import InputError, VerificationError
 from prunecli.finetune import finetune
 from prunecli.graph.trace import build_channel_graph
+from prunecli.model_io.plan_file import compose_keep, merge_attributes
 from prunecli.pipeline.measure import measure_stage
 from prunecli.pipeline.state import RunState
 from prunecli.registry import Registry
@@ -30,10 +33,13 @@ def run_step(state: RunState, step: object) -> None:
 
 @handles(ScoreStep)
 def score(state: RunState, step: ScoreStep) -> None:
-    """Build the channel graph (once) and score every prunable group's channels."""
-    if state.graph is None:
+    """Build the channel graph (again after a prune replaced the module) and score every prunable group's channels."""
+    if state.graph is None or state.graph_of is not state.module:
         with state.timed("trace"):
             state.graph = build_channel_graph(state.module, state.sample)
+        state.graph_of = state.module
+        if state.original_channels is None:  # the first graph: ratios of later rounds count against it
+            state.original_channels = {group.name: group.channels for group in state.graph.groups}
     split = state.data.train if state.data.train is not None else state.data.eval
     inputs = ScoringInputs(
         graph=state.graph, module=state.module, seed=state.seed, reduction=step.reduction, split=split,
@@ -63,11 +69,14 @@ def select(state: RunState, step: SelectStep) -> None:
         example = latency_input(state).to(state.device)
         measure = target_measure(
             step.target.metric[0], module=state.module, graph=state.graph, example=example,
-            spec=state.pipeline.latency, device=state.device, threads=state.latency_threads,
+            spec=state.pipeline.latency, device=state.device, threads=state.latency_threads, original=state.original,
         )  # fmt: skip
     group_ratios = _sensitivity_ratios(state, step) if step.mode == "sensitivity" else None
     with state.timed("select"):
-        state.plan = select_channels(state.graph, state.scores, step, measure=measure, group_ratios=group_ratios)
+        state.plan = select_channels(
+            state.graph, state.scores, step, measure=measure, group_ratios=group_ratios,
+            original_channels=state.original_channels,
+        )  # fmt: skip
 
 
 def _sensitivity_ratios(state: RunState, step: SelectStep) -> dict[str, float]:
@@ -94,7 +103,9 @@ def prune(state: RunState, step: PruneStep) -> None:
             f"pruned outputs differ from the masked original by {state.verification.max_abs_diff:.3g} "
             f"(tolerance {step.tolerance:g}); this is a prunecli bug: please report it with --debug output"
         )
-    state.module, state.keep, state.attributes = outcome.module, outcome.keep, outcome.attributes
+    state.module = outcome.module  # keep and attributes stay relative to the unpruned arch (model.plan.json)
+    state.keep = compose_keep(state.keep, outcome.keep)
+    state.attributes = merge_attributes(state.attributes, outcome.attributes)
     measure_stage(state, "pruned")
 
 
@@ -117,23 +128,29 @@ def finetune_step(state: RunState, step: FinetuneStep) -> None:
     measure_stage(state, "finetuned")
 
 
-@handles(SparsifyStep)
-def sparsify(state: RunState, step: SparsifyStep) -> None:
-    """Zero individual weights (magnitude or N:M); the masks hold through later fine-tuning."""
-    from prunecli.sparsity.step import sparsify_stage
-
-    sparsify_stage(state, step)
-
-
 @handles(EvaluateStep)
 def evaluate(state: RunState, step: EvaluateStep) -> None:
     """Measure the current model under the step's name."""
     measure_stage(state, step.name)
 
 
-@handles(QuantizeStep)
-def quantize(state: RunState, step: QuantizeStep) -> None:
-    """Quantize the current model's ONNX export to int8 and measure it as stage ``quantized``."""
-    from prunecli.quantize.stage import quantize_stage
+def _delegate(step_type: type, target: str) -> None:
+    """Register ``module:function`` as the handler of ``step_type``, imported on first use.
 
-    quantize_stage(state, step)
+    Steps with a module of their own (sparsify, regularize, quantize, ...) keep their imports
+    (onnxruntime, matplotlib, timm-sized code) out of runs that never use them.
+    """
+
+    def handler(state: RunState, step: object) -> None:
+        module, function = target.split(":")
+        getattr(importlib.import_module(module), function)(state, step)
+
+    handles(step_type)(handler)
+
+
+_delegate(SparsifyStep, "prunecli.sparsity.step:sparsify_stage")  # magnitude, N:M, movement, dynamic masks
+_delegate(RegularizeStep, "prunecli.regularize.stage:regularize_stage")  # train with a sparsity penalty
+_delegate(QuantizeStep, "prunecli.quantize.stage:quantize_stage")  # int8 ONNX, stage "quantized"
+_delegate(ReconstructStep, "prunecli.reconstruct.stage:reconstruct_stage")  # least-squares refit of pruned layers
+_delegate(RepeatStep, "prunecli.pipeline.repeat:run_rounds")  # iterative pruning on a schedule
+_delegate(PruneBlocksStep, "prunecli.blocks.stage:prune_blocks_stage")  # remove residual branches / layers

@@ -41,8 +41,12 @@ def write_channels_plot(report: dict[str, Any], *, out_dir: Path) -> Path | None
     axes.set_ylabel("channels")
     axes.set_title("channels kept per group (model order)")
     axes.legend()
+    return save_figure(figure, out_dir / CHANNELS_PNG)
+
+
+def save_figure(figure: Any, path: Path) -> Path:
+    """Lay out a matplotlib ``Figure`` and write it as PNG atomically; returns ``path``."""
     figure.tight_layout()
-    path = out_dir / CHANNELS_PNG
     with atomic_path(path) as temporary:
         figure.savefig(temporary, format="png")
     return path

@@ -21,7 +21,10 @@ from prunecli.report.rows import (
     selection_line,
     verification_line,
 )
+from prunecli.reconstruct.report import reconstruction_markdown
+from prunecli.regularize.report import regularization_markdown
 from prunecli.sparsity.report import sparsity_markdown
+from prunecli.blocks.report import blocks_markdown
 
 # Columns of words rather than numbers: aligned left.
 _TEXT_COLUMNS = frozenset({"status", "result"})
@@ -39,13 +42,17 @@ def gates_table(report: dict[str, Any]) -> Table:
     return _rich_table(header, rows, title="gates")
 
 
-def report_markdown(report: dict[str, Any], *, plot_section: str | None = None) -> str:
+def report_markdown(
+    report: dict[str, Any], *, plot_section: str | None = None, rounds_section: str | None = None
+) -> str:
     """The whole report as markdown: run facts, stage comparison, verification, gates, selection, groups.
 
-    ``plot_section`` (from ``prunecli.report.plots.plot_markdown``) follows the group table.
+    ``plot_section`` (from ``prunecli.report.plots.plot_markdown``) follows the group table;
+    ``rounds_section`` (a repeat's rounds, ``prunecli.report.rounds``) follows the measurements.
     """
     sections = ["# prunecli report", _facts_markdown(report)]
     sections += ["## Measurements", _markdown_table(*comparison_rows(report))]
+    sections += [rounds_section] if rounds_section else []
     sections += ["## Verification", verification_line(report)]
     gate_header, gates = gate_rows(report)
     if gates:
@@ -53,6 +60,9 @@ def report_markdown(report: dict[str, Any], *, plot_section: str | None = None) 
         sections += ["## Gates", verdict, _markdown_table(gate_header, gates)]
     if report.get("selection"):
         sections += ["## Selection", selection_line(report)]
+    sections += regularization_markdown(report)
+    sections += reconstruction_markdown(report)
+    sections += blocks_markdown(report)
     sections += sparsity_markdown(report)
     group_header, groups = group_rows(report)
     if groups:

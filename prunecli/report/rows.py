@@ -105,6 +105,11 @@ def selection_line(report: dict[str, Any]) -> str:
         return f"threshold ({selection.get('form')} {_number(selection.get('value'))}, {selection.get('scope')})"
     if mode == "ratio":
         return f"ratio {_number(selection.get('ratio'))} ({selection.get('scope')})"
+    if mode == "repeat":  # one selection per round; the group table counts every round's channels
+        rounds = "; ".join(
+            f"round {index}: {selection_line({'selection': each})}" for index, each in enumerate(selection["rounds"], 1)
+        )
+        return f"repeat, {selection.get('schedule')} schedule: {rounds}"
     return MISSING
 
 

@@ -11,8 +11,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from prunecli.model_io.atomic import atomic_path, atomic_write_text
-from prunecli.report.plots import INSTALL_HINT, plots_available
+from prunecli.model_io.atomic import atomic_write_text
+from prunecli.report.plots import INSTALL_HINT, plots_available, save_figure
 
 SENSITIVITY_PNG = "sensitivity.png"
 LABELLED = 5
@@ -86,11 +86,7 @@ def _write_plot(sweep: dict[str, Any], *, out_dir: Path) -> Path | None:
     axes.set_ylabel("eval accuracy (no fine-tuning)")
     axes.set_title("sensitivity: each group pruned alone")
     axes.legend(loc="lower left")
-    figure.tight_layout()
-    path = out_dir / SENSITIVITY_PNG
-    with atomic_path(path) as temporary:
-        figure.savefig(temporary, format="png")
-    return path
+    return save_figure(figure, out_dir / SENSITIVITY_PNG)
 
 
 def _worst_first(groups: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -7,8 +7,10 @@ from pathlib import Path
 from typing import Any
 
 from prunecli.model_io.atomic import atomic_write_text
+from prunecli.regularize.report import write_regularization_plot
 from prunecli.report.plots import plot_markdown, write_channels_plot
 from prunecli.report.render import report_markdown
+from prunecli.report.rounds import rounds_markdown, write_rounds_plot
 from prunecli.report.sensitivity import sensitivity_section, write_sensitivity
 
 
@@ -33,6 +35,15 @@ def write_report(
         files = write_sensitivity(sensitivity, out_dir=out_dir)
         written.update(files)
         sections.append(sensitivity_section(files.get("sensitivity_png")))
+    if plots and report.get("regularization"):  # regularize steps: histogram before/after, named in the report
+        plot = write_regularization_plot(report["regularization"], out_dir=out_dir)
+        written.update({"regularization_plot": plot} if plot else {})
+        report["regularization"]["plot"] = plot.name if plot else None
+    rounds_plot = write_rounds_plot(report, out_dir=out_dir) if plots and report.get("rounds") else None
+    written.update({"rounds_plot": rounds_plot} if rounds_plot else {})  # repeat: accuracy against MACs kept
     atomic_write_text(written["report_json"], json.dumps(report, indent=2) + "\n")
-    atomic_write_text(written["report_md"], report_markdown(report, plot_section="\n\n".join(sections) or None))
+    markdown = report_markdown(
+        report, plot_section="\n\n".join(sections) or None, rounds_section=rounds_markdown(report, plot=rounds_plot)
+    )
+    atomic_write_text(written["report_md"], markdown)
     return written

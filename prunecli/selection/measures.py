@@ -3,10 +3,13 @@
 A measure takes ``removed`` (group id -> channel indices) and returns the figure a target is
 compared with: the fraction of the original MACs or params kept (``count_macs``/``count_params``,
 as the report counts them), or the candidate's p50 latency in milliseconds, timed interleaved with
-the original on the pipeline's first latency backend and device::
+the original on the pipeline's first latency backend and device. The original is the unpruned
+model (``reference``), also when ``module`` was pruned before (a repeat's later rounds)::
 
     measure = structure_measure(module, graph, sample, metric="macs")
     measure({})          # 1.0
+    measure = structure_measure(half, graph_of_half, sample, metric="macs", reference=module)
+    measure({})          # 0.5: half of the unpruned model's MACs are left before this select
 """
 
 from __future__ import annotations
@@ -38,15 +41,20 @@ def pruned_copy(module: torch.nn.Module, graph: ChannelGraph, removed: Removed) 
 
 
 def structure_measure(
-    module: torch.nn.Module, graph: ChannelGraph, example: torch.Tensor, *, metric: str
-) -> Callable[[Removed], float]:
-    """The fraction of ``module``'s MACs (``metric="macs"``) or params kept by a candidate plan."""
+    module: torch.nn.Module, graph: ChannelGraph, example: torch.Tensor, *, metric: str,
+    reference: torch.nn.Module | None = None,
+) -> Callable[[Removed], float]:  # fmt: skip
+    """The fraction of ``reference``'s MACs (``metric="macs"``) or params that a candidate plan of ``module`` keeps.
+
+    ``reference`` is the unpruned model (``module`` itself when None).
+    """
     count = (lambda m: count_macs(m, example[:1])) if metric == "macs" else count_params
-    original = count(module)
+    original = count(reference if reference is not None else module)
+    current = count(module) / original
 
     def measure(removed: Removed) -> float:
         if not removed:
-            return 1.0
+            return current
         try:
             return count(pruned_copy(module, graph, removed)) / original
         except Exception as error:  # the model's own code can fail on new shapes
@@ -94,9 +102,12 @@ def _onnx_latencies(candidates, example: torch.Tensor, *, spec: LatencySpec, dev
 
 def target_measure(
     metric: str, *, module: torch.nn.Module, graph: ChannelGraph, example: torch.Tensor, spec: LatencySpec,
-    device: str, threads: int,
+    device: str, threads: int, original: torch.nn.Module,
 ) -> Callable[[Removed], float]:  # fmt: skip
-    """The measure a ``select.target`` metric (``macs``, ``params`` or ``latency_ms``) is compared with."""
+    """The measure a ``select.target`` metric (``macs``, ``params`` or ``latency_ms``) is compared with.
+
+    ``macs`` and ``params`` are fractions of ``original`` (the unpruned model) kept.
+    """
     if metric == "latency_ms":
         return latency_measure(module, graph, example, spec=spec, device=device, threads=threads)
-    return structure_measure(module, graph, example, metric=metric)
+    return structure_measure(module, graph, example, metric=metric, reference=original)

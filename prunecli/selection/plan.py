@@ -20,7 +20,7 @@ import numpy as np
 from prunecli.config.schema import SelectStep
 from prunecli.errors import InternalError
 from prunecli.graph.channel_graph import ChannelGraph, PruningGroup
-from prunecli.selection.targets import bisect_target, ranked_owners
+from prunecli.selection.targets import bisect_target, ranked_owners, uniform_owners
 from prunecli.selection.thresholds import threshold_counts
 
 Removed = Mapping[int, np.ndarray]
@@ -74,10 +74,20 @@ class _Inputs:
     step: SelectStep
     overrides: dict[int, float]
     skipped: dict[int, str]
+    original: Mapping[str, int] = field(default_factory=dict)  # group name -> channels before any prune
 
     @property
     def free(self) -> list[PruningGroup]:
         return [g for g in self.groups if g.id not in self.overrides]
+
+    def before(self, group: PruningGroup) -> int:
+        """``group``'s channels in the unpruned model (its current count when unknown)."""
+        return max(self.original.get(group.name, group.channels), group.channels)
+
+    def count(self, group: PruningGroup, ratio: float) -> int:
+        """Channels of ``group`` to remove now for ``floor(ratio * before)`` to be gone in all."""
+        before = self.before(group)
+        return max(math.floor(ratio * before) - (before - group.channels), 0)
 
 
 def select_channels(
@@ -87,20 +97,28 @@ def select_channels(
     *,
     measure: Measure | None = None,
     group_ratios: Mapping[str, float] | None = None,
+    original_channels: Mapping[str, int] | None = None,
 ) -> PrunePlan:
     """The plan of ``step``'s mode (ratio, threshold or target) over the graph's prunable groups.
 
     ``ratio``, ``local``: each group loses ``floor(ratio * channels)``; ``global``: scores are
     divided by their group's mean and the lowest ``ratio`` of all channels go. ``threshold``: see
     ``prunecli.selection.thresholds``. ``target``: ``measure(removed)`` gives the figure of a
-    candidate plan (fraction of MACs or params kept, or latency in ms) and the number of globally
-    ranked channels removed is bisected to meet it (``prunecli.selection.targets``).
+    candidate plan (fraction of MACs or params kept, or latency in ms) and the number of ranked
+    channels removed is bisected to meet it (``prunecli.selection.targets``): ranked over all
+    groups (``global``) or taking the same fraction of every group (``local``).
     ``sensitivity``: ``group_ratios`` gives each group's ratio by group name (from a sweep).
+    Ratios (``ratio``, ``overrides``, ``max_ratio``, sensitivity) count against ``original_channels``
+    (group name -> channels before any prune, e.g. rounds of a repeat): a group of 32 channels cut
+    to 24 loses 8 more at ``ratio: 0.5``. Without it, against the current counts.
     """
     skipped = {g.id: "ignored by select.ignore" for g in graph.prunable_groups if _matches(g, step.ignore)}
     groups = [g for g in graph.prunable_groups if g.id not in skipped and g.id in scores]
     overrides = {g.id: ratio for g in groups if (ratio := _override(g, step.overrides)) is not None}
-    inputs = _Inputs(groups=groups, scores=scores, step=step, overrides=overrides, skipped=skipped)
+    inputs = _Inputs(
+        groups=groups, scores=scores, step=step, overrides=overrides, skipped=skipped,
+        original=original_channels or {},
+    )  # fmt: skip
     if step.mode == "target":
         return _select_target(inputs, measure)
     if step.mode == "sensitivity":
@@ -112,7 +130,7 @@ def select_channels(
         plan = _finish(inputs, dict(zip([g.id for g in free], counts)), dict(zip([g.id for g in free], cutoffs)))
         plan.selection = {"mode": "threshold", "form": form[0], "value": form[1], "scope": step.scope}
         return plan
-    counts = _local_counts(free, step.ratio) if step.scope == "local" else _global_counts(free, scores, step.ratio)
+    counts = _local_counts(inputs, step.ratio) if step.scope == "local" else _global_counts(inputs, step.ratio)
     plan = _finish(inputs, counts, {})
     plan.selection = {"mode": "ratio", "ratio": step.ratio, "scope": step.scope}
     return plan
@@ -122,7 +140,10 @@ def _select_target(inputs: _Inputs, measure: Measure | None) -> PrunePlan:
     if measure is None:
         raise InternalError("a select target needs a measure of candidate plans")
     free = inputs.free
-    owners = ranked_owners([inputs.scores[g.id] for g in free])
+    if inputs.step.scope == "global":
+        owners = ranked_owners([inputs.scores[g.id] for g in free])
+    else:
+        owners = uniform_owners([g.channels for g in free])
 
     def plan_for(count: int) -> PrunePlan:
         removed = np.bincount(owners[:count], minlength=len(free))
@@ -133,13 +154,13 @@ def _select_target(inputs: _Inputs, measure: Measure | None) -> PrunePlan:
     plan = plan_for(search.count)
     plan.selection = {
         "mode": "target", "metric": metric, "requested": requested, "achieved": search.achieved,
-        "measurements": search.measurements, "ranked_channels_removed": search.count,
+        "measurements": search.measurements, "ranked_channels_removed": search.count, "scope": inputs.step.scope,
     }  # fmt: skip
     return plan
 
 
 def _select_by_group_ratios(inputs: _Inputs, group_ratios: Mapping[str, float]) -> PrunePlan:
-    counts = {g.id: math.floor(group_ratios.get(g.name, 0.0) * g.channels) for g in inputs.free}
+    counts = {g.id: inputs.count(g, group_ratios.get(g.name, 0.0)) for g in inputs.free}
     plan = _finish(inputs, counts, {})
     chosen = {g.name: group_ratios.get(g.name, 0.0) for g in inputs.free}
     plan.selection = {"mode": "sensitivity", "max_drop": inputs.step.max_drop, "group_ratios": chosen}
@@ -152,8 +173,8 @@ def _finish(inputs: _Inputs, counts: Mapping[int, int], cutoffs: Mapping[int, fl
     removed, choices = {}, {}
     for group in inputs.groups:
         override = inputs.overrides.get(group.id)
-        wanted = math.floor(override * group.channels) if override is not None else counts.get(group.id, 0)
-        cap = group.channels if override is not None else math.floor(step.max_ratio * group.channels)
+        wanted = inputs.count(group, override) if override is not None else counts.get(group.id, 0)
+        cap = group.channels if override is not None else inputs.count(group, step.max_ratio)
         limit = "max_ratio" if wanted > cap else None
         wanted = min(wanted, cap)
         if group.channels - wanted < min(step.min_channels, group.channels) or wanted >= group.channels:
@@ -177,13 +198,17 @@ def _override(group: PruningGroup, overrides: Mapping[str, float]) -> float | No
     return next((ratio for pattern, ratio in overrides.items() if _matches(group, [pattern])), None)
 
 
-def _local_counts(groups: Sequence[PruningGroup], ratio: float) -> dict[int, int]:
-    return {group.id: math.floor(ratio * group.channels) for group in groups}
+def _local_counts(inputs: _Inputs, ratio: float) -> dict[int, int]:
+    return {group.id: inputs.count(group, ratio) for group in inputs.free}
 
 
-def _global_counts(groups: Sequence[PruningGroup], scores: Mapping[int, np.ndarray], ratio: float) -> dict[int, int]:
-    owners = ranked_owners([scores[g.id] for g in groups])
-    lowest = np.bincount(owners[: math.floor(ratio * len(owners))], minlength=len(groups))
+def _global_counts(inputs: _Inputs, ratio: float) -> dict[int, int]:
+    """The lowest-ranked channels go until ``floor(ratio * all channels before any prune)`` are gone."""
+    groups = inputs.free
+    owners = ranked_owners([inputs.scores[g.id] for g in groups])
+    before = sum(inputs.before(g) for g in groups)
+    count = max(math.floor(ratio * before) - (before - len(owners)), 0)
+    lowest = np.bincount(owners[:count], minlength=len(groups))
     return {g.id: int(n) for g, n in zip(groups, lowest)}
 
 

@@ -65,3 +65,17 @@ def ranked_owners(score_sets: list[np.ndarray]) -> np.ndarray:
     normalized = [s / (s.mean() if s.mean() > 0 else 1.0) for s in score_sets]
     owners = np.concatenate([np.full(len(s), i) for i, s in enumerate(score_sets)])
     return owners[np.argsort(np.concatenate(normalized), kind="stable")]
+
+
+def uniform_owners(sizes: list[int]) -> np.ndarray:
+    """Group positions in the order that keeps every group's removed fraction as equal as possible.
+
+    The ``k``-th channel of a group of ``c`` comes at ``(k + 1) / c``, so the first ``n`` entries take
+    about the same fraction of every group (``scope: local``): one channel at a time, not one ratio
+    step for all groups at once, so that a target can be met closely.
+    """
+    if not sizes:
+        return np.zeros(0, dtype=np.int64)
+    owners = np.concatenate([np.full(size, i) for i, size in enumerate(sizes)])
+    fractions = np.concatenate([(np.arange(size) + 1) / size for size in sizes])
+    return owners[np.argsort(fractions, kind="stable")]

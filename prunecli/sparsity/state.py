@@ -18,6 +18,7 @@ class SparsityState:
     masks: dict[str, torch.Tensor] = field(default_factory=dict)
     skipped: dict[str, str] = field(default_factory=dict)
     steps: list[dict[str, object]] = field(default_factory=list)
+    remembered: dict[str, torch.Tensor] = field(default_factory=dict)  # dynamic steps: masked weights' values
 
     def add(self, masks: dict[str, torch.Tensor]) -> None:
         """Combine ``masks`` with the ones already set (a weight zeroed once stays zeroed)."""

@@ -20,15 +20,25 @@ def sparsify_stage(state: RunState, step: SparsifyStep) -> None:
     """Zero the step's weights in ``state.module``, record the masks on ``state.sparsity``, measure the stage."""
     if state.module is None:
         raise InputError("sparsify needs a torch model; give model.arch and a state_dict instead of an ONNX file")
-    if state.verification is None and any(s.kind == "prune" for s in state.pipeline.steps):
+    if state.verification is None and any(s.kind == "prune" for s in state.pipeline.all_steps):
         raise InputError("a prune step after sparsify would drop its masks; move the sparsify step after prune")
     weights = candidate_weights(state.module, ignore=step.ignore, include_output=step.include_output)
     if not weights:
         raise InputError("sparsify found no conv or linear weights to zero; shorten ignore or set include_output: true")
     with state.timed("sparsify"):
-        masks, skipped = step_masks(
-            weights, ratio=step.ratio, threshold=step.threshold, pattern=step.n_m, scope=step.scope
-        )
+        if step.method == "movement":  # trains state.module first (see sparsity.movement)
+            from prunecli.sparsity.movement import step_movement_masks
+
+            masks, skipped = step_movement_masks(state, step, weights), {}
+        elif step.dynamic:  # recomputed each round over all its weights, masked ones at their remembered values
+            from prunecli.sparsity.dynamic import recompute_masks
+
+            state.sparsity = state.sparsity or SparsityState()
+            masks, skipped = recompute_masks(state.sparsity, weights, ratio=step.ratio, scope=step.scope), {}
+        else:
+            masks, skipped = step_masks(
+                weights, ratio=step.ratio, threshold=step.threshold, pattern=step.n_m, scope=step.scope
+            )
         sparsity = state.sparsity or SparsityState()
         sparsity.add(masks)
         sparsity.skipped.update(skipped)

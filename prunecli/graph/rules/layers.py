@@ -6,7 +6,7 @@ from typing import Any
 
 import torch
 
-from prunecli.graph.layout import Layout
+from prunecli.graph.layout import Layout, couple_conv
 from prunecli.graph.rules.context import TraceContext, rule
 
 
@@ -29,18 +29,7 @@ def conv(ctx: TraceContext, node: torch.fx.Node, args: dict[str, Any]) -> Any:
     w_shape, groups = ctx.shape(args["weight"]), int(args.get("groups", 1))
     if len(ctx.shape(args["input"])) != len(w_shape):
         return ctx.unsupported(node, detail="unbatched input")
-    for kernel in w[2:]:
-        ctx.table.mark_fixed(kernel, "kernel dimension")
-    if groups == 1:
-        ctx.table.unify(x[1], w[1])
-    elif w_shape[1] == 1 and w_shape[0] == groups:
-        ctx.table.unify(x[1], w[0])
-    else:
-        in_group, in_channel = ctx.table.split(x[1], [groups, w_shape[1]], as_product=True)
-        out_group, _ = ctx.table.split(w[0], [groups, w_shape[0] // groups], as_product=True)
-        ctx.table.unify(in_group, out_group)
-        ctx.table.unify(in_channel, w[1])
-        ctx.table.mark_fixed(in_group, "group count of a grouped convolution")
+    couple_conv(ctx.table, x, w, w_shape, groups)
     ctx.produce(args["weight"], 0)
     _tie_optional(ctx, args.get("bias"), w[0])
     return [x[0], w[0]] + ctx.fresh(ctx.shape(node)[2:], "spatial dimension")

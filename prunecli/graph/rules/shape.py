@@ -6,7 +6,7 @@ from typing import Any
 
 import torch
 
-from prunecli.graph.layout import Concat, Product
+from prunecli.graph.layout import Product, concat_layouts
 from prunecli.graph.reshape import reshape_layouts
 from prunecli.graph.rules.context import TraceContext, rule
 
@@ -72,14 +72,7 @@ def cat(ctx: TraceContext, node: torch.fx.Node, args: dict[str, Any]) -> Any:
     tensors = [t for t in args["tensors"] if ctx.layouts(t) is not None and ctx.shape(t) != (0,)]
     rank = len(ctx.shape(node))
     dim = _dim(args.get("dim", 0), rank)
-    first = ctx.layouts(tensors[0])
-    for other in tensors[1:]:
-        for d, layout in enumerate(ctx.layouts(other)):
-            if d != dim:
-                ctx.table.unify(first[d], layout)
-    outputs = list(first)
-    outputs[dim] = Concat(tuple(ctx.layouts(t)[dim] for t in tensors))
-    return outputs
+    return concat_layouts(ctx.table, [ctx.layouts(t) for t in tensors], dim)
 
 
 @rule("aten::stack")
