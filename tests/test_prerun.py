@@ -30,7 +30,10 @@ BAD_PIPELINES = {
         lambda text: _after_prune(FINETUNE)(text.replace(" train: SAMPLES/digits_train.npz,", "")),
         "a finetune step needs training data",
     ),
-    "prune-onnx": (_edit("digits_cnn.pt, arch: SAMPLES/archs.py:DigitsCNN", "digits_cnn.onnx"), "need a PyTorch model"),
+    "finetune-onnx": (
+        lambda text: _after_prune(FINETUNE)(text.replace("pt, arch: SAMPLES/archs.py:DigitsCNN", "onnx")),
+        "a finetune step is torch-only for now",
+    ),
     "ignore-typo": (
         _edit("ratio: 0.5}", "ratio: 0.5, ignore: [fcc]}"),
         "'fcc' matches no module of the model; did you mean 'fc'?",

@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from prunecli import __version__
-from prunecli.cli import env, inspect, run, schema, sensitivity, validate
+from prunecli.cli import batch, env, inspect, run, schema, sensitivity, validate
 
 app = typer.Typer(
     name="prunecli",
@@ -21,6 +21,8 @@ app.command("schema")(schema.schema)
 app.command("env")(env.env)
 app.command("inspect")(inspect.inspect)
 app.command("sensitivity")(sensitivity.sensitivity)
+app.command("batch")(batch.batch)
+app.command("batch-merge")(batch.batch_merge)
 
 
 def _print_version(value: bool) -> None:

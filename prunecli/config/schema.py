@@ -63,6 +63,8 @@ class ModelSpec(StrictModel):
 
     ``arch`` is ``package.module:callable`` or ``path/to/file.py:callable`` (relative to the
     pipeline file); it is called with ``kwargs`` to build the module a state_dict loads into.
+    An ``.onnx`` file (or ``format: onnx``) is pruned as a graph: score (l1, l2, fpgm, random),
+    select, prune and evaluate run on it and the pruned graph is written as ``model.onnx``.
     """
 
     path: Path | None = None

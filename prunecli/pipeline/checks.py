@@ -28,8 +28,6 @@ if TYPE_CHECKING:
     from prunecli.data.dataset import DataSet
     from prunecli.model_io import LoadedModel
 
-_TORCH_ONLY = {"score", "select", "prune", "finetune", "regularize", "prune_blocks", "reconstruct"}
-
 
 @dataclass(frozen=True)
 class Prepared:
@@ -45,17 +43,10 @@ def check_pipeline(pipeline: Pipeline, *, base_dir: Path) -> None:
         raise InputError("model.path is missing: set it in the pipeline or pass --model PATH")
     check_referenced_files(pipeline, base_dir=base_dir)
     kinds = [step.kind for step in pipeline.all_steps]  # inside repeat blocks too
-    blocked = sorted(_TORCH_ONLY.intersection(kinds))
-    if _is_onnx(pipeline) and blocked:
-        raise InputError(
-            f"steps {', '.join(blocked)} need a PyTorch model; native ONNX pruning is not supported yet: "
-            "pass the PyTorch checkpoint (state_dict + model.arch) or keep only 'evaluate' steps"
-        )
-    if _is_onnx(pipeline) and "quantize" in kinds:
-        raise InputError(
-            "a quantize step needs a PyTorch model (it quantizes the model's ONNX export); quantize an ONNX "
-            "input with onnxruntime.quantization directly, or pass the PyTorch checkpoint"
-        )
+    if _is_onnx(pipeline):  # score (static criteria), select, prune and evaluate run on the ONNX graph
+        from prunecli.onnx_graph.pipeline import check_onnx_pipeline
+
+        check_onnx_pipeline(pipeline)
     has_train = pipeline.data.format == "digits" or pipeline.data.train is not None
     has_eval = pipeline.data.format == "digits" or pipeline.data.eval is not None
     static = any(step.kind == "quantize" and step.mode == "static" for step in pipeline.steps)

@@ -202,6 +202,10 @@ def _prunability(state: RunState) -> dict[str, Any] | None:
     """Shares of params and MACs that stayed out of reach, and why (None when nothing was traced)."""
     if state.graph is None:
         return None
+    if state.module is None:  # an ONNX input: shares of the graph's initializers
+        from prunecli.onnx_graph.pipeline import onnx_prunability
+
+        return onnx_prunability(state)
     left_intact = state.plan.skipped if state.plan else {}
     traced = state.graph_of or state.original  # the model the graph came from (after prune_blocks, the smaller one)
     summary = prunability(state.graph, traced, state.sample, left_intact=left_intact)

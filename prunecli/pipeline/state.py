@@ -7,6 +7,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -67,6 +68,8 @@ class RunState:
     blocks: dict[str, Any] | None = None  # prune_blocks: candidates, scores, removed, verification (blocks.stage)
     replaced_modules: dict[str, str] = field(default_factory=dict)  # prune_blocks: path -> "identity" | "zero"
     reconstruction: list[dict[str, Any]] = field(default_factory=list)  # per reconstruct step; see reconstruct.report
+    onnx_graph_of: Path | None = None  # ONNX input: the file ``graph`` was built from (score rebuilds it for another)
+    onnx_workdir: Path | None = None  # ONNX input: temporary folder of the pruned graphs (see onnx_graph.pipeline)
 
     @property
     def latency_threads(self) -> int:

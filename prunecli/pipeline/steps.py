@@ -34,7 +34,13 @@ def run_step(state: RunState, step: object) -> None:
 @handles(ScoreStep)
 def score(state: RunState, step: ScoreStep) -> None:
     """Build the channel graph (again after a prune replaced the module) and score every prunable group's channels."""
-    if state.graph is None or state.graph_of is not state.module:
+    tensors = None
+    if state.module is None:  # ONNX input: the graph of the current file, criteria read its initializers
+        from prunecli.onnx_graph import initializer_arrays
+        from prunecli.onnx_graph.pipeline import ensure_onnx_graph
+
+        tensors = initializer_arrays(ensure_onnx_graph(state))
+    elif state.graph is None or state.graph_of is not state.module:
         with state.timed("trace"):
             state.graph = build_channel_graph(state.module, state.sample)
         state.graph_of = state.module
@@ -44,7 +50,7 @@ def score(state: RunState, step: ScoreStep) -> None:
     inputs = ScoringInputs(
         graph=state.graph, module=state.module, seed=state.seed, reduction=step.reduction, split=split,
         batch_size=state.pipeline.data.batch_size, batch_count=step.batches, device=state.device,
-        progress=state.options.progress,
+        progress=state.options.progress, tensors=tensors,
     )  # fmt: skip
     with state.timed("score"):
         result = score_groups(step.criterion_spec, inputs)
@@ -62,7 +68,11 @@ def select(state: RunState, step: SelectStep) -> None:
             "so nothing would be pruned; lower min_channels"
         )
     measure = None
-    if step.target is not None:
+    if step.target is not None and state.module is None:  # ONNX: count the candidate graph
+        from prunecli.onnx_graph.pipeline import onnx_target_measure
+
+        measure = onnx_target_measure(state, step.target.metric[0])
+    elif step.target is not None:
         from prunecli.pipeline.measure import latency_input
         from prunecli.selection.measures import target_measure
 
@@ -91,6 +101,12 @@ def _sensitivity_ratios(state: RunState, step: SelectStep) -> dict[str, float]:
 @handles(PruneStep)
 def prune(state: RunState, step: PruneStep) -> None:
     """Remove the selected channels, verify pruned == masked original, then measure."""
+    if state.module is None:  # ONNX input: ONNX surgery, verified in ONNX Runtime
+        from prunecli.onnx_graph.pipeline import prune_onnx_stage
+
+        prune_onnx_stage(state, step)
+        measure_stage(state, "pruned")
+        return
     with state.timed("prune"):
         outcome = prune_module(
             state.module, state.graph, state.plan.removed, inputs=state.sample, tolerance=step.tolerance
