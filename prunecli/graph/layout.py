@@ -271,3 +271,19 @@ def concat_layouts(table: SpaceTable, parts: list[list[Layout]], axis: int) -> l
     outputs = list(first)
     outputs[axis] = Concat(tuple(part[axis] for part in parts))
     return outputs
+
+
+def broadcast_layouts(
+    table: SpaceTable, a: list[Layout], a_shape: tuple, b: list[Layout], b_shape: tuple
+) -> list[Layout]:
+    """Numpy-broadcast dimensions of two operands (e.g. a matmul's batch dims): equal non-1 sizes are tied."""
+    rank = max(len(a), len(b))
+    out = []
+    for i in range(rank):
+        ia, ib = i - (rank - len(a)), i - (rank - len(b))
+        la = a[ia] if ia >= 0 and a_shape[ia] != 1 else None
+        lb = b[ib] if ib >= 0 and b_shape[ib] != 1 else None
+        if la is not None and lb is not None:
+            table.unify(la, lb)
+        out.append(la or lb or table.singleton())
+    return out

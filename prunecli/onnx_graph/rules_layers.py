@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import onnx
 
-from prunecli.graph.layout import Layout, couple_conv
-from prunecli.onnx_graph.context import Layouts, OnnxContext, attribute, onnx_rule
+from prunecli.graph.layout import Layout, broadcast_layouts, couple_conv
+from prunecli.onnx_graph.context import OnnxContext, attribute, onnx_rule
 
 
 def _tie_optional(ctx: OnnxContext, name: str | None, layout: Layout, dim: int = 0) -> None:
@@ -89,22 +89,8 @@ def matmul(ctx: OnnxContext, node: onnx.NodeProto):
         ctx.produce(node.input[1], len(b) - 1, node)
     elif not ctx.is_initializer(node.input[0]):
         ctx.table.mark_fixed(a[-1], "contracted between two activations (an attention's head size)")
-    batch = broadcast_batch(ctx, a[:-2], a_shape[:-2], b[:-2], b_shape[:-2])
+    batch = broadcast_layouts(ctx.table, a[:-2], a_shape[:-2], b[:-2], b_shape[:-2])
     return [batch + [a[-2], b[-1]]]
-
-
-def broadcast_batch(ctx: OnnxContext, a: Layouts, a_shape: tuple, b: Layouts, b_shape: tuple) -> Layouts:
-    """Numpy-broadcast batch dimensions of two operands: equal non-1 sizes are tied."""
-    rank = max(len(a), len(b))
-    out = []
-    for i in range(rank):
-        ia, ib = i - (rank - len(a)), i - (rank - len(b))
-        la = a[ia] if ia >= 0 and a_shape[ia] != 1 else None
-        lb = b[ib] if ib >= 0 and b_shape[ib] != 1 else None
-        if la is not None and lb is not None:
-            ctx.table.unify(la, lb)
-        out.append(la or lb or ctx.table.singleton())
-    return out
 
 
 @onnx_rule("BatchNormalization", "InstanceNormalization")

@@ -6,7 +6,7 @@ from typing import Any
 
 import torch
 
-from prunecli.graph.layout import Layout, couple_conv
+from prunecli.graph.layout import Layout, broadcast_layouts, couple_conv
 from prunecli.graph.rules.context import TraceContext, rule
 
 
@@ -199,21 +199,8 @@ def matmul(ctx: TraceContext, node: torch.fx.Node, args: dict[str, Any]) -> Any:
     if not ctx.is_state(args["self"]) and not ctx.is_state(args.get("mat2", args.get("other"))):
         # q @ kᵀ: the head size sets the attention scale, a constant the graph cannot see
         ctx.table.mark_fixed(a[-1], "contracted between two activations (an attention's head size)")
-    batch = _broadcast_batch(ctx, a[:-2], a_shape[:-2], b[:-2], b_shape[:-2])
+    batch = broadcast_layouts(ctx.table, a[:-2], a_shape[:-2], b[:-2], b_shape[:-2])
     return batch + [a[-2], b[-1]]
-
-
-def _broadcast_batch(ctx: TraceContext, a: list, a_shape: tuple, b: list, b_shape: tuple) -> list[Layout]:
-    rank = max(len(a), len(b))
-    out = []
-    for i in range(rank):
-        ia, ib = i - (rank - len(a)), i - (rank - len(b))
-        la = a[ia] if ia >= 0 and a_shape[ia] != 1 else None
-        lb = b[ib] if ib >= 0 and b_shape[ib] != 1 else None
-        if la is not None and lb is not None:
-            ctx.table.unify(la, lb)
-        out.append(la or lb or ctx.table.singleton())
-    return out
 
 
 @rule("aten::scaled_dot_product_attention")
@@ -225,13 +212,13 @@ def attention(ctx: TraceContext, node: torch.fx.Node, args: dict[str, Any]) -> A
     if args.get("scale") is None:
         ctx.table.mark_fixed(q[-1], "attention scale depends on the head size")
     ctx.table.unify(k[-2], v[-2])
-    batch = _broadcast_batch(ctx, q[:-2], shapes[0][:-2], k[:-2], shapes[1][:-2])
-    batch = _broadcast_batch(ctx, batch, shapes[0][:-2], v[:-2], shapes[2][:-2])
+    batch = broadcast_layouts(ctx.table, q[:-2], shapes[0][:-2], k[:-2], shapes[1][:-2])
+    batch = broadcast_layouts(ctx.table, batch, shapes[0][:-2], v[:-2], shapes[2][:-2])
     mask = ctx.layouts(args.get("attn_mask"))
     if mask is not None:
         logits = batch + [q[-2], k[-2]]
         logits_shape = [ctx.table.size(layout) for layout in logits]
-        _broadcast_batch(ctx, logits, tuple(logits_shape), mask, ctx.shape(args["attn_mask"]))
+        broadcast_layouts(ctx.table, logits, tuple(logits_shape), mask, ctx.shape(args["attn_mask"]))
     return batch + [q[-2], v[-1]]
 
 
