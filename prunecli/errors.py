@@ -33,3 +33,15 @@ class InternalError(PruneCliError):
 
 class VerificationError(InternalError):
     """Pruned outputs differ from the masked original beyond tolerance."""
+
+
+class DistributedMismatchError(InternalError):
+    """The ranks of a torchrun run disagree (their pruned structures differ). Exit code 3."""
+
+
+class RankFailedError(PruneCliError):
+    """On a torchrun rank other than 0: rank 0 failed; this rank exits with rank 0's exit code."""
+
+    def __init__(self, exit_code: int) -> None:
+        super().__init__(f"rank 0 failed with exit code {exit_code}; its error is above")
+        self.exit_code = exit_code

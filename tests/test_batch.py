@@ -1,27 +1,35 @@
 """``prunecli batch`` / ``batch-merge`` on the sample models with a structure-only pipeline.
 
 One batch (CNN, MLP from a manifest with its own arch and --set, a broken file; --jobs 2) is run
-once for the module; resume, shards and JUnit are checked against it.
+once for the module; a batch killed halfway and resumed, shards run from scratch and merged, and
+the JUnit files (validated against tests/data/junit.xsd) are checked against it.
 """
 
 from __future__ import annotations
 
+import functools
+import io
 import json
 import os
-import shutil
+import re
+import signal
 import subprocess
 import sys
+import time
 import xml.etree.ElementTree as ElementTree
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
+import psutil
 import pytest
+import xmlschema
 import yaml
 from typer.testing import CliRunner
 
+from prunecli.batch.junit import junit_xml
 from prunecli.batch.models import expand_models, select_shard
-from prunecli.batch.rows import VOLATILE
+from prunecli.batch.rows import VOLATILE, BatchRow
 from prunecli.cli.app import app
 from prunecli.errors import InputError
 from tests.conftest import REPO, SAMPLES
@@ -37,8 +45,35 @@ PIPELINE = {
 }  # fmt: skip
 
 
+JUNIT_XSD = Path(__file__).parent / "data" / "junit.xsd"
+
+
 def invoke(*args: str | Path, env: dict[str, str] | None = None) -> Any:
     return CliRunner().invoke(app, [str(arg) for arg in args], env=env)
+
+
+@functools.cache
+def junit_schema() -> xmlschema.XMLSchema:
+    return xmlschema.XMLSchema(JUNIT_XSD)
+
+
+def valid_junit(source: Path | IO[bytes]) -> ElementTree.Element:
+    """The root of a JUnit document that validates against the CI schema and whose counts add up."""
+    junit_schema().validate(source)
+    if not isinstance(source, Path):
+        source.seek(0)
+    root = ElementTree.parse(source).getroot()
+    assert root.tag == "testsuites"
+    for suite in root.findall("testsuite"):
+        cases = suite.findall("testcase")
+        assert int(suite.get("tests")) == len(cases)
+        for kind in ("failure", "error"):
+            assert int(suite.get(f"{kind}s")) == sum(case.find(kind) is not None for case in cases)
+    return root
+
+
+def run_case(root: ElementTree.Element, model: str) -> ElementTree.Element:
+    return root.find(f"testsuite/testcase[@classname='prunecli.batch.{model}'][@name='run']")
 
 
 @pytest.fixture(scope="module")
@@ -81,21 +116,48 @@ def test_jobs_2_records_the_broken_model_and_completes_the_others(case: dict[str
 
 
 def test_junit_has_a_case_per_model_and_gate(case: dict[str, Any]) -> None:
-    root = ElementTree.parse(case["folder"] / "junit.xml").getroot()
+    root = valid_junit(case["folder"] / "junit.xml")  # passed and bad-input models
     suite = root.find("testsuite")
     cases = suite.findall("testcase")
     assert root.tag == "testsuites" and int(suite.get("tests")) == len(cases) == 5
     failed = [(c.get("classname"), c.get("name")) for c in cases if c.find("failure") is not None]
     assert failed == [("prunecli.batch.broken", "run")] and suite.get("failures") == "1"
     assert ("prunecli.batch.mlp", "gate min_macs_reduction") in [(c.get("classname"), c.get("name")) for c in cases]
+    assert run_case(root, "mlp").findtext("system-out").startswith(f"output: {case['out'] / 'mlp'}\nparams: 17226 -> ")
 
 
-def test_resume_skips_complete_models(case: dict[str, Any], tmp_path: Path) -> None:
-    out = tmp_path / "resumed"
-    shutil.copytree(case["out"], out)
-    (out / "mlp" / "report.json").unlink()  # a half-finished batch: mlp's outputs are not valid
+def test_junit_of_a_crash_validates() -> None:
+    """A crashed model (no report; its line in <error>) next to a gate failure, escaped where XML needs it."""
+    rows = [BatchRow(name="crash", model="crash.pt", status="error", exit_code=3, error="internal error: <&> 'x'"),
+            BatchRow(name="gated", model="gated.pt", status="gate_failed", exit_code=1, params_before=10,
+                     params_after=5, gates={"max_accuracy_drop": False, "min_macs_reduction": True})]  # fmt: skip
+    root = valid_junit(io.BytesIO(junit_xml(rows)))
+    error = run_case(root, "crash").find("error")
+    assert (error.get("type"), error.text) == ("error", "internal error: <&> 'x'")
+    failed = [case.get("name") for case in root.iter("testcase") if case.find("failure") is not None]
+    assert failed == ["gate max_accuracy_drop"] and run_case(root, "gated").find("failure") is None
+
+
+def test_a_batch_killed_halfway_resumes_without_redoing_finished_models(case: dict[str, Any], tmp_path: Path) -> None:
+    """SIGTERM the batch process once digits_cnn is done and mlp's run has started, then --resume."""
+    out = tmp_path / "killed"
+    command = [sys.executable, "-m", "prunecli", "batch", str(case["pipeline"]), *case["models"][:2], "-o", str(out),
+               "--jobs", "1", "--threads", "1", "--json"]  # fmt: skip
+    process = subprocess.Popen(command, cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"},
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+    children: list[psutil.Process] = []
+    deadline = time.monotonic() + 180
+    while not children and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+        if (out / ".batch-rows" / "digits_cnn.json").exists():
+            children = psutil.Process(process.pid).children(recursive=True)  # mlp's prunecli run
+    process.send_signal(signal.SIGTERM)
+    stderr = process.communicate(timeout=60)[1].decode()
+    assert children and process.returncode == 130 and "error: interrupted" in stderr
+    assert not any(child.is_running() for child in children)  # the batch killed the run it had started
+    assert not (out / ".batch-rows" / "mlp.json").exists() and not (out / "mlp" / "report.json").exists()
     kept = (out / "digits_cnn" / "report.json").stat().st_mtime_ns
-    result = invoke("batch", case["pipeline"], *case["models"][:2], "-o", out, "--resume", "--json")
+    result = invoke("batch", case["pipeline"], *case["models"][:2], "-o", out, "--resume", "--threads", "1", "--json")
     rows = {row["name"]: row for row in json.loads(result.stdout)["rows"]}
     assert result.exit_code == 0 and rows["digits_cnn"]["resumed"] and not rows["mlp"]["resumed"]
     assert (out / "digits_cnn" / "report.json").stat().st_mtime_ns == kept
@@ -103,29 +165,23 @@ def test_resume_skips_complete_models(case: dict[str, Any], tmp_path: Path) -> N
     assert stable(list(rows.values())) == stable(case["summary"]["rows"][1:])
 
 
-def test_shards_merged_give_the_full_rows(case: dict[str, Any], tmp_path: Path) -> None:
-    """Shards resume from copies of the full run, with one finished model removed so that each shard runs one."""
-    environment = {**os.environ, "OMP_NUM_THREADS": "1"}
+def test_shards_run_from_scratch_merge_to_the_full_rows(case: dict[str, Any], tmp_path: Path) -> None:
+    """--shard 1/2 and --shard 2/2 of (digits_cnn, broken), each run in an empty folder (as CI matrix jobs do);
+    merged, the rows are the full run's."""
     shards = [tmp_path / "shard1", tmp_path / "shard2"]
-    for shard in shards:
-        shutil.copytree(case["out"], shard)
-    shutil.rmtree(shards[1] / "digits_cnn")  # shard 2/2 runs digits_cnn again; shard 1/2 runs broken again
-    processes = [
-        subprocess.Popen([sys.executable, "-m", "prunecli", "batch", str(case["pipeline"]), *case["models"], "-o",
-                          str(shard), "--shard", f"{index}/2", "--resume", "--json"], cwd=REPO, env=environment,
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        for index, shard in enumerate(shards, start=1)
-    ]  # fmt: skip
-    outputs = [json.loads(process.communicate(timeout=120)[0]) for process in processes]
-    assert [[row["name"] for row in output["rows"]] for output in outputs] == [["broken", "mlp"], ["digits_cnn"]]
-    assert [row["resumed"] for output in outputs for row in output["rows"]] == [False, True, False]
+    models = [case["models"][0], case["models"][2]]
+    outputs = [json.loads(invoke("batch", case["pipeline"], *models, "-o", shard, "--shard", f"{index}/2", "--threads",
+                                 "1", "--json").stdout) for index, shard in enumerate(shards, start=1)]  # fmt: skip
+    assert [[row["name"] for row in output["rows"]] for output in outputs] == [["broken"], ["digits_cnn"]]
+    assert [output["shard"] for output in outputs] == ["1/2", "2/2"]
+    assert not any(row["resumed"] for output in outputs for row in output["rows"])
     step_summary = tmp_path / "step_summary.md"
     step_summary.write_text("earlier\n")
     merged = invoke("batch-merge", *shards, "-o", tmp_path / "merged", "--json",
                     env={"GITHUB_STEP_SUMMARY": str(step_summary)})  # fmt: skip
     document = json.loads(merged.stdout)
     assert merged.exit_code == 2 == document["exit_code"]
-    assert stable(document["rows"]) == stable(case["summary"]["rows"])
+    assert stable(document["rows"]) == stable(case["summary"]["rows"][:2])
     assert step_summary.read_text().startswith("earlier\n## prunecli batch")
     again = invoke("batch-merge", shards[0], shards[0], "-o", tmp_path / "twice")
     assert again.exit_code == 2 and "in two summaries" in again.stderr
@@ -133,10 +189,14 @@ def test_shards_merged_give_the_full_rows(case: dict[str, Any], tmp_path: Path) 
 
 def test_models_expand_and_shard_deterministically(tmp_path: Path) -> None:
     manifest = tmp_path / "zoo.csv"
-    manifest.write_text("path,input_shape,set\ndigits_cnn.pt,\"[1, 1, 8, 8]\",steps.1.ratio=0.3\n")
+    manifest.write_text("path,input_shape,set,memory_limit\ndigits_cnn.pt,\"[1, 1, 8, 8]\",steps.1.ratio=0.3,2.5\n")
     entries = expand_models([str(manifest), "timm:test_vit", str(SAMPLES / "digits_m*.pt")])
     assert [entry.name for entry in entries] == ["digits_cnn", "digits_mlp", "test_vit"]
     assert entries[0].path == tmp_path / "digits_cnn.pt"  # manifest paths start at the manifest's folder
+    assert [entry.memory_limit_gb for entry in entries] == [2.5, None, None]
+    (tmp_path / "bad.yaml").write_text("- {timm: resnet18, memory_limit: lots}\n")
+    with pytest.raises(InputError, match="entry 1: memory_limit must be a positive number of GB"):
+        expand_models([str(tmp_path / "bad.yaml")])
     with pytest.raises(InputError, match="two models are named 'digits_cnn'"):
         expand_models([str(manifest), str(SAMPLES / "*.pt")])
     entries = expand_models([str(manifest), "timm:test_vit", "timm:b", "timm:a"])
@@ -153,8 +213,33 @@ def test_a_model_past_its_timeout_is_recorded(case: dict[str, Any], tmp_path: Pa
     (row,) = json.loads(result.stdout)["rows"]
     assert result.exit_code == 3
     assert (row["status"], row["exit_code"], row["error"]) == ("timeout", 124, "timed out after 1 s")
-    error = ElementTree.parse(tmp_path / "junit.xml").getroot().find("testsuite/testcase/error")
+    error = run_case(valid_junit(tmp_path / "junit.xml"), "digits_cnn").find("error")
     assert error is not None and error.get("type") == "timeout"
+
+
+def test_a_model_past_its_memory_limit_is_killed_and_recorded(case: dict[str, Any], tmp_path: Path) -> None:
+    """--memory-limit 8 for the batch, 0.1 GB in the manifest for one model: that one is killed, the other ends."""
+    manifest = tmp_path / "zoo.yaml"
+    manifest.write_text(yaml.safe_dump([
+        {"name": "tiny", "path": str(SAMPLES / "digits_cnn.pt"), "memory_limit": 0.1},
+        {"name": "gated", "path": str(SAMPLES / "digits_cnn.pt"), "set": ["gates.min_macs_reduction=0.99"]},
+    ]))  # fmt: skip
+    result = invoke("batch", case["pipeline"], manifest, "-o", tmp_path / "out", "--jobs", "2", "--memory-limit", "8",
+                    "--junit", tmp_path / "junit.xml", "--json")  # fmt: skip
+    rows = {row["name"]: row for row in json.loads(result.stdout)["rows"]}
+    tiny, gated = rows["tiny"], rows["gated"]
+    assert result.exit_code == 3 and (tiny["status"], tiny["exit_code"]) == ("memory", 3)
+    assert tiny["peak_rss_mb"] >= 0.1 * 1024  # the kernel's peak: it may have grown past the limit within a poll
+    peak = re.fullmatch(r"exceeded the memory limit of 0\.1 GB \(peak ([\d.]+) GB\); raise --memory-limit .*",
+                        tiny["error"])  # fmt: skip
+    assert peak and abs(float(peak[1]) - tiny["peak_rss_mb"] / 1024) < 0.01
+    assert not (tmp_path / "out" / "tiny" / "report.json").exists()
+    assert (gated["status"], gated["gates"]) == ("gate_failed", {"min_macs_reduction": False})
+    assert 150 < gated["peak_rss_mb"] < 8 * 1024  # a whole run's measured peak: python, torch, the model
+    root = valid_junit(tmp_path / "junit.xml")  # memory and gate-failed models
+    assert run_case(root, "tiny").find("error").get("type") == "memory"
+    assert f"peak RSS: {gated['peak_rss_mb']:g} MB" in run_case(root, "gated").findtext("system-out")
+    assert "| tiny | memory | 3 |" in (tmp_path / "out" / "summary.md").read_text()
 
 
 @pytest.mark.zoo

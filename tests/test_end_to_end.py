@@ -150,9 +150,9 @@ def _error_line(result: object) -> str:
         (lambda t: t.replace("digits_cnn.pt", "missing.pt"), "does not exist"),
         (lambda t: t.replace("[1, 1, 8, 8]", "[1, 3, 32, 32]"), "shape"),
         (lambda t: t.replace("digits_cnn.pt", "digits_cnn.onnx").replace(", arch: SAMPLES/archs.py:DigitsCNN", "")
-         .replace("criterion: l2", "criterion: taylor"), "ONNX"),
+         .replace("criterion: l2", "criterion: bn_scale"), "ONNX"),
     ],
-    ids=["unknown-key", "wrong-type", "missing-file", "shape-mismatch", "onnx-data-driven-criterion"],
+    ids=["unknown-key", "wrong-type", "missing-file", "shape-mismatch", "onnx-bn-scale-criterion"],
 )
 def test_bad_input_exits_2_with_one_line(tmp_path: Path, edit, expected: str) -> None:
     pipeline = tmp_path / "pipeline.yaml"

@@ -94,12 +94,12 @@ def test_target_macs_counts_the_candidate_graph(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("setting", "expected"),
     [
-        ("steps.0.criterion=taylor", "criterion taylor needs a PyTorch model and the model is ONNX; on ONNX use fpgm"),
-        ("steps.0.criterion=bn_scale", "criterion bn_scale needs a PyTorch model"),
-        ("steps.3={kind: finetune, epochs: 1}", "a finetune step is torch-only for now"),
-        ("steps.3={kind: reconstruct}", "a reconstruct step is torch-only for now"),
+        ("steps.0.criterion={hybrid: {taylor: 0.5, bn_scale: 0.5}}",
+         "steps.0: criterion bn_scale reads the scales of normalisation nodes and this ONNX graph has none"),
+        ("steps.0.criterion=bn_scale", "criterion bn_scale reads the scales of normalisation nodes"),
+        ("steps=[{kind: prune_blocks, count: 1}]", "a prune_blocks step is torch-only for now"),
     ],
-    ids=["data-driven", "bn-scale", "finetune", "reconstruct"],
+    ids=["hybrid-with-bn-scale", "bn-scale", "prune-blocks"],
 )
 def test_torch_only_parts_are_refused_on_onnx(tmp_path: Path, setting: str, expected: str) -> None:
     result = _run(tmp_path / "out", "--set", setting)

@@ -30,9 +30,11 @@ BAD_PIPELINES = {
         lambda text: _after_prune(FINETUNE)(text.replace(" train: SAMPLES/digits_train.npz,", "")),
         "a finetune step needs training data",
     ),
-    "finetune-onnx": (
-        lambda text: _after_prune(FINETUNE)(text.replace("pt, arch: SAMPLES/archs.py:DigitsCNN", "onnx")),
-        "a finetune step is torch-only for now",
+    "l1-bn-onnx": (
+        lambda text: _after_prune("  - {kind: regularize, penalty: l1_bn, strength: 1.0e-4}\n")(
+            text.replace("pt, arch: SAMPLES/archs.py:DigitsCNN", "onnx")
+        ),
+        "penalty l1_bn reads the scales of normalisation nodes and this ONNX graph has none",
     ),
     "ignore-typo": (
         _edit("ratio: 0.5}", "ratio: 0.5, ignore: [fcc]}"),

@@ -12,7 +12,6 @@ import torch
 from prunecli.config.loading import load_pipeline
 from prunecli.errors import InputError, OnnxExportError
 from prunecli.model_io import export_onnx
-from prunecli.pipeline.checks import check_pipeline
 from prunecli.pipeline.options import RunOptions
 from prunecli.pipeline.runner import run_pipeline
 from prunecli.quantize.ort_int8 import NumpyBatchReader, QuantizationError, quantize_onnx
@@ -113,12 +112,18 @@ def test_quantize_must_be_last(tmp_path: Path) -> None:
         load_pipeline(path)
 
 
-def test_quantize_on_an_onnx_model_is_refused(tmp_path: Path) -> None:
+def test_quantize_on_an_onnx_model_quantizes_the_file_itself(tmp_path: Path) -> None:
     export_onnx(load_sample_cnn(), torch.zeros(2, 1, 8, 8), tmp_path / "model.onnx")
     path = tmp_path / "pipeline.yaml"
     path.write_text(
         "version: 1\nmodel: {path: model.onnx, input_shape: [1, 1, 8, 8]}\n"
         f"data: {{format: npz, eval: {SAMPLES}/digits_val.npz}}\nsteps: [{{kind: quantize, mode: dynamic}}]\n"
+        "latency: {repeats: 3, warmup: 1}\n"
     )
-    with pytest.raises(InputError, match="quantize step needs a PyTorch model"):
-        check_pipeline(load_pipeline(path), base_dir=tmp_path)
+    options = RunOptions(output_dir=tmp_path / "out", base_dir=tmp_path)
+    report = run_pipeline(load_pipeline(path), options=options).report
+    assert report["stages"] == ["original", "quantized"] and report["quantization"]["error"] is None
+    assert report["quantized"]["params"] == report["original"]["params"]  # the float graph's, no export
+    assert report["quantized"]["size_bytes"] < 0.5 * report["original"]["size_bytes"]
+    assert report["quantized"]["accuracy"] > report["original"]["accuracy"] - 0.02
+    assert (tmp_path / "out" / "model.int8.onnx").is_file()

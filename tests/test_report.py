@@ -121,11 +121,11 @@ def test_markdown_of_a_minimal_report() -> None:
     assert "## Gates" not in markdown and "## Channels kept" not in markdown
 
 
-def test_write_report_writes_json_and_markdown_atomically(tmp_path: Path) -> None:
+def test_write_report_writes_json_markdown_and_html_atomically(tmp_path: Path) -> None:
     out_dir = tmp_path / "out" / "run"
     written = write_report(SAMPLE, out_dir=out_dir)
-    assert set(written.values()) == {out_dir / "report.json", out_dir / "report.md"}
+    assert set(written.values()) == {out_dir / "report.json", out_dir / "report.md", out_dir / "report.html"}
     assert json.loads((out_dir / "report.json").read_text(encoding="utf-8")) == SAMPLE
     assert list(json.loads((out_dir / "report.json").read_text(encoding="utf-8"))) == list(SAMPLE)  # order kept
     assert (out_dir / "report.md").read_text(encoding="utf-8") == report_markdown(SAMPLE)
-    assert sorted(path.name for path in out_dir.iterdir()) == ["report.json", "report.md"]  # no temp files
+    assert sorted(path.name for path in out_dir.iterdir()) == ["report.html", "report.json", "report.md"]  # no temp

@@ -3,6 +3,8 @@
     settings = BatchSettings(pipeline=Path("p.yaml"), output=Path("out/zoo"), jobs=2, timeout_s=600)
     rows = run_batch(entries, settings)   # one BatchRow per model; a failure is a row, never a raise
 
+Each child runs under ``prunecli.batch.process.run_limited`` (timeout, memory limit, peak RSS).
+Ctrl-C or SIGTERM kills the running children and stops the batch; ``--resume`` goes on from there.
 Each model writes ``DIR/<name>/`` exactly as ``prunecli run -o DIR/<name>`` does. Its summary row
 is also kept in ``DIR/.batch-rows/<name>.json`` so that ``--resume`` can reuse it when the output
 folder is complete (a readable report.json listed in the folder's manifest).
@@ -12,8 +14,8 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -21,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from prunecli.batch.models import ModelEntry
+from prunecli.batch.process import GB, ProcessOutcome, run_limited, terminate_as_interrupt
 from prunecli.batch.rows import BatchRow, failed_row, row_from_report
 from prunecli.batch.timm_source import ARCH
 from prunecli.model_io.atomic import atomic_write_text
@@ -29,17 +32,23 @@ from prunecli.model_io.output_folder import MANIFEST
 ROWS_FOLDER = ".batch-rows"
 WEIGHTS_FOLDER = ".batch-weights"
 TIMEOUT_EXIT_CODE = 124
+MEMORY_EXIT_CODE = 3
 
 
 @dataclass(frozen=True)
 class BatchSettings:
-    """How a batch runs: the pipeline, the output folder, processes, threads each, timeout, resume."""
+    """How a batch runs: the pipeline, the output folder, processes, threads each, timeout, memory limit, resume.
+
+    ``memory_limit_gb`` bounds the resident memory of each model's process tree (a manifest entry's
+    ``memory_limit`` takes precedence for that model).
+    """
 
     pipeline: Path
     output: Path
     jobs: int = 1
     threads: int | None = None  # per model process; default: the machine's cores divided by jobs
     timeout_s: float | None = None
+    memory_limit_gb: float | None = None
     resume: bool = False
 
     def threads_per_job(self) -> int:
@@ -52,46 +61,62 @@ class BatchSettings:
 def run_batch(
     entries: list[ModelEntry], settings: BatchSettings, *, on_row: Callable[[BatchRow], None] | None = None
 ) -> list[BatchRow]:
-    """Run every entry (``settings.jobs`` at a time); ``on_row(row)`` is called as each one ends."""
+    """Run every entry (``settings.jobs`` at a time); ``on_row(row)`` is called as each one ends.
+
+    On Ctrl-C or SIGTERM the running children are killed, the models not started are dropped, and
+    KeyboardInterrupt propagates; the finished models' rows are kept for ``--resume``.
+    """
     settings.output.mkdir(parents=True, exist_ok=True)
+    stop = threading.Event()
 
     def one(entry: ModelEntry) -> BatchRow:
         row = _resumed_row(entry, settings) if settings.resume else None
         if row is None:
-            row = run_model(entry, settings)
+            row = run_model(entry, settings, stop=stop)
             atomic_write_text(_row_path(entry, settings), json.dumps(row.to_dict(), indent=2) + "\n")
         if on_row is not None:
             on_row(row)
         return row
 
-    with ThreadPoolExecutor(max_workers=settings.jobs) as pool:
-        rows = list(pool.map(one, entries))
+    pool = ThreadPoolExecutor(max_workers=settings.jobs)
+    try:
+        with terminate_as_interrupt():
+            futures = [pool.submit(one, entry) for entry in entries]
+            rows = [future.result() for future in futures]
+    except BaseException:
+        stop.set()
+        raise
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
     return sorted(rows, key=lambda row: row.name)
 
 
-def run_model(entry: ModelEntry, settings: BatchSettings) -> BatchRow:
-    """Run one model in a child process; its outcome (including a timeout or a crash) as a row."""
+def run_model(entry: ModelEntry, settings: BatchSettings, *, stop: threading.Event | None = None) -> BatchRow:
+    """Run one model in a child process; its outcome (including a timeout, the memory limit or a crash) as a row.
+
+    Raises ``BatchStopped`` when ``stop`` is set while the child runs (the child is killed).
+    """
     started = time.perf_counter()
     folder = settings.output / entry.name
+    limit = entry.memory_limit_gb if entry.memory_limit_gb is not None else settings.memory_limit_gb
+    peak, what = 0, "prunecli run"
     try:
         if entry.timm is not None:
-            _write_timm_weights(entry, settings)
-        completed = _run(run_command(entry, settings), settings)
-    except subprocess.TimeoutExpired:
-        return failed_row(entry, folder, exit_code=TIMEOUT_EXIT_CODE, status="timeout",
-                          error=f"timed out after {settings.timeout_s:g} s",
-                          seconds=time.perf_counter() - started)  # fmt: skip
+            peak = _write_timm_weights(entry, settings, limit=limit, stop=stop)
+        completed = _run(run_command(entry, settings), settings, limit=limit, stop=stop)
     except _StepFailed as failure:
-        return failed_row(entry, folder, exit_code=failure.exit_code, status=_status(failure.exit_code),
-                          error=failure.line, seconds=time.perf_counter() - started)  # fmt: skip
-    seconds = time.perf_counter() - started
-    report = read_report(folder) if completed.returncode in (0, 1) else None
+        completed, what = failure.outcome, "writing the timm weights"
+    peak = max(peak, completed.peak_rss_bytes)
+    common = {"seconds": time.perf_counter() - started, "peak_rss_mb": round(peak / 2**20, 1)}
+    if completed.killed is not None:
+        return failed_row(entry, folder, **_killed(completed.killed, settings, limit=limit, peak=peak), **common)
+    report = read_report(folder) if completed.returncode in (0, 1) and what == "prunecli run" else None
     if report is None:
-        line = _error_line(completed.stderr) or f"prunecli run exited {completed.returncode} without a report"
+        line = _error_line(completed.stderr) or f"{what} exited {completed.returncode} without a report"
         return failed_row(entry, folder, exit_code=completed.returncode or 3, status=_status(completed.returncode),
-                          error=line, seconds=seconds)  # fmt: skip
-    return row_from_report(entry, folder, report, exit_code=completed.returncode, seconds=seconds,
-                           error=_error_line(completed.stderr) if completed.returncode else None)  # fmt: skip
+                          error=line, **common)  # fmt: skip
+    return row_from_report(entry, folder, report, exit_code=completed.returncode,
+                           error=_error_line(completed.stderr) if completed.returncode else None, **common)  # fmt: skip
 
 
 def run_command(entry: ModelEntry, settings: BatchSettings) -> list[str]:
@@ -125,30 +150,44 @@ def read_report(folder: Path) -> dict | None:
 
 
 class _StepFailed(Exception):
-    """A preparatory child process (timm weights) failed; carries its exit code and error line."""
+    """A preparatory child process (timm weights) failed or was killed; carries its outcome."""
 
-    def __init__(self, exit_code: int, line: str) -> None:
-        super().__init__(line)
-        self.exit_code = exit_code
-        self.line = line
+    def __init__(self, outcome: ProcessOutcome) -> None:
+        super().__init__(outcome.stderr)
+        self.outcome = outcome
 
 
-def _run(command: list[str], settings: BatchSettings) -> subprocess.CompletedProcess[str]:
+def _run(
+    command: list[str], settings: BatchSettings, *, limit: float | None, stop: threading.Event | None
+) -> ProcessOutcome:
     threads = str(settings.threads_per_job())
     environment = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
-    return subprocess.run(command, capture_output=True, text=True, timeout=settings.timeout_s, env=environment)
+    return run_limited(command, env=environment, timeout_s=settings.timeout_s, memory_limit_gb=limit, stop=stop)
 
 
-def _write_timm_weights(entry: ModelEntry, settings: BatchSettings) -> None:
+def _write_timm_weights(
+    entry: ModelEntry, settings: BatchSettings, *, limit: float | None, stop: threading.Event | None
+) -> int:
+    """Write the timm model's random weights (once); the child's peak RSS in bytes (0 when already written)."""
     path = _weights_path(entry, settings)
     if path.is_file():
-        return
+        return 0
     command = [sys.executable, "-m", "prunecli.batch.timm_source", str(entry.timm), str(path),
                "--kwargs", json.dumps(entry.timm_kwargs)]  # fmt: skip
-    completed = _run(command, settings)
-    if completed.returncode != 0:
-        line = _error_line(completed.stderr) or f"writing the timm weights exited {completed.returncode}"
-        raise _StepFailed(completed.returncode, line)
+    outcome = _run(command, settings, limit=limit, stop=stop)
+    if outcome.returncode != 0 or outcome.killed is not None:
+        raise _StepFailed(outcome)
+    return outcome.peak_rss_bytes
+
+
+def _killed(reason: str, settings: BatchSettings, *, limit: float | None, peak: int) -> dict[str, object]:
+    """The status, exit code and error line of a child killed for ``reason`` ("timeout" or "memory")."""
+    if reason == "timeout":
+        line = f"timed out after {settings.timeout_s:g} s"
+        return {"status": "timeout", "exit_code": TIMEOUT_EXIT_CODE, "error": line}
+    line = (f"exceeded the memory limit of {limit:g} GB (peak {peak / GB:.3g} GB); raise --memory-limit "
+            "(or the manifest's memory_limit), or run fewer --jobs at a time")  # fmt: skip
+    return {"status": "memory", "exit_code": MEMORY_EXIT_CODE, "error": line}
 
 
 def _resumed_row(entry: ModelEntry, settings: BatchSettings) -> BatchRow | None:

@@ -5,8 +5,9 @@
 
 A manifest lists one model per entry (YAML: a list of mappings, or ``{models: [...]}``; CSV: a
 header row). Keys: ``path`` (or ``timm``), and optionally ``name``, ``arch``, ``kwargs``,
-``input_shape``, ``data`` and ``set`` (overrides as the CLI's ``--set``, ``KEY=VALUE`` strings or a
-mapping). Paths in a manifest are relative to the manifest's folder.
+``input_shape``, ``data``, ``set`` (overrides as the CLI's ``--set``, ``KEY=VALUE`` strings or a
+mapping) and ``memory_limit`` (GB, this model's instead of ``--memory-limit``). Paths in a
+manifest are relative to the manifest's folder.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from __future__ import annotations
 import csv
 import glob
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,7 @@ from prunecli.model_io.arch import resolve_arch
 
 TIMM_PREFIX = "timm:"
 MANIFEST_SUFFIXES = (".yaml", ".yml", ".csv")
-_KEYS = {"name", "path", "timm", "arch", "kwargs", "input_shape", "data", "set"}
+_KEYS = {"name", "path", "timm", "arch", "kwargs", "input_shape", "data", "set", "memory_limit"}
 
 
 @dataclass(frozen=True)
@@ -31,7 +32,8 @@ class ModelEntry:
     """One model of a batch: where it is (a file, or a timm architecture name) and its per-model overrides.
 
     ``overrides`` are ``KEY=VALUE`` strings passed to ``prunecli run --set``; ``name`` names the
-    model's output folder and summary row, and is unique within a batch.
+    model's output folder and summary row, and is unique within a batch. ``memory_limit_gb``, when
+    set, replaces the batch's ``--memory-limit`` for this model.
     """
 
     name: str
@@ -40,6 +42,7 @@ class ModelEntry:
     timm_kwargs: dict[str, Any] = field(default_factory=dict)  # timm only: create_model keywords
     data: Path | None = None
     overrides: tuple[str, ...] = field(default_factory=tuple)
+    memory_limit_gb: float | None = None
 
 
 def expand_models(specs: list[str]) -> list[ModelEntry]:
@@ -129,18 +132,34 @@ def _manifest_entry(row: dict[str, Any], *, manifest: Path, number: int) -> Mode
     if unknown:
         raise InputError(f"{where} has unknown key(s) {', '.join(unknown)}; use {', '.join(sorted(_KEYS))}")
     base = manifest.resolve().parent
+    limit = _memory_limit(row.get("memory_limit"), where=where)
     if "timm" in row:
         kwargs = row.get("kwargs") or {}
         if not isinstance(kwargs, dict):
             raise InputError(f"{where}: kwargs must be a mapping; fix it")
         overrides = _overrides({key: value for key, value in row.items() if key != "kwargs"}, where=where, base=base)
-        return _timm_entry(str(row["timm"]), name=row.get("name"), overrides=overrides, kwargs=kwargs)
+        entry = _timm_entry(str(row["timm"]), name=row.get("name"), overrides=overrides, kwargs=kwargs)
+        return replace(entry, memory_limit_gb=limit)
     overrides = _overrides(row, where=where, base=base)
     if "path" not in row:
         raise InputError(f"{where} has neither path nor timm; add one")
     path = (base / str(row["path"])).resolve()
     data = (base / str(row["data"])).resolve() if "data" in row else None
-    return ModelEntry(name=str(row.get("name") or path.stem), path=path, data=data, overrides=overrides)
+    return ModelEntry(name=str(row.get("name") or path.stem), path=path, data=data, overrides=overrides,
+                      memory_limit_gb=limit)  # fmt: skip
+
+
+def _memory_limit(value: Any, *, where: str) -> float | None:
+    """A manifest's ``memory_limit`` in GB (a positive number; CSV gives it as text), or None."""
+    if value is None:
+        return None
+    try:
+        limit = float(value)
+    except (TypeError, ValueError):
+        limit = 0.0
+    if not limit > 0:
+        raise InputError(f"{where}: memory_limit must be a positive number of GB (e.g. 4); got {value!r}")
+    return limit
 
 
 def _overrides(row: dict[str, Any], *, where: str, base: Path) -> tuple[str, ...]:

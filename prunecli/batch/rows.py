@@ -1,8 +1,9 @@
 """One summary row per model of a batch, and the batch's exit code.
 
 Statuses and their exit codes: ``passed`` 0, ``gate_failed`` 1, ``bad_input`` 2, ``error`` (a
-crash, exit 3 or a signal) 3, ``timeout`` 3. The batch exits with the worst (highest) of them,
-so 0 means every model passed, 1 that a gate failed somewhere, 2 that a model was bad input.
+crash, exit 3 or a signal) 3, ``timeout`` 3, ``memory`` (killed past its memory limit) 3. The
+batch exits with the worst (highest) of them, so 0 means every model passed, 1 that a gate failed
+somewhere, 2 that a model was bad input.
 """
 
 from __future__ import annotations
@@ -13,8 +14,9 @@ from typing import Any
 
 from prunecli.batch.models import TIMM_PREFIX, ModelEntry
 
-SEVERITY = {"passed": 0, "gate_failed": 1, "bad_input": 2, "error": 3, "timeout": 3}
-VOLATILE = ("seconds", "resumed", "output", "latency_p50_ms_before", "latency_p50_ms_after")  # differ run to run
+SEVERITY = {"passed": 0, "gate_failed": 1, "bad_input": 2, "error": 3, "timeout": 3, "memory": 3}
+# fields that differ run to run
+VOLATILE = ("seconds", "resumed", "output", "latency_p50_ms_before", "latency_p50_ms_after", "peak_rss_mb")
 
 
 @dataclass
@@ -22,7 +24,8 @@ class BatchRow:
     """A model's outcome: status, exit code, before/after figures, gates, seconds and error line.
 
     Figures are None when the run wrote no report; latency is the first backend's p50 in ms, and
-    ``gates`` maps each gate to whether it passed.
+    ``gates`` maps each gate to whether it passed. ``peak_rss_mb`` is the peak resident memory of
+    the model's process tree in MiB (see ``prunecli.batch.process``).
     """
 
     name: str
@@ -40,6 +43,7 @@ class BatchRow:
     gates_passed: bool | None = None
     gates: dict[str, bool] = field(default_factory=dict)
     seconds: float = 0.0
+    peak_rss_mb: float | None = None
     error: str | None = None
     output: str = ""
     resumed: bool = False
@@ -65,15 +69,19 @@ def model_label(entry: ModelEntry) -> str:
     return f"{TIMM_PREFIX}{entry.timm}" if entry.timm is not None else str(entry.path)
 
 
-def failed_row(entry: ModelEntry, folder: Path, *, exit_code: int, status: str, error: str, seconds: float) -> BatchRow:
+def failed_row(
+    entry: ModelEntry, folder: Path, *, exit_code: int, status: str, error: str, seconds: float,
+    peak_rss_mb: float | None = None,
+) -> BatchRow:  # fmt: skip
     """The row of a model whose run wrote no report."""
     return BatchRow(name=entry.name, model=model_label(entry), status=status, exit_code=exit_code,
-                    seconds=round(seconds, 2), error=error, output=str(folder))  # fmt: skip
+                    seconds=round(seconds, 2), peak_rss_mb=peak_rss_mb, error=error, output=str(folder))  # fmt: skip
 
 
 def row_from_report(
-    entry: ModelEntry, folder: Path, report: dict[str, Any], *, exit_code: int, seconds: float, error: str | None
-) -> BatchRow:
+    entry: ModelEntry, folder: Path, report: dict[str, Any], *, exit_code: int, seconds: float, error: str | None,
+    peak_rss_mb: float | None = None,
+) -> BatchRow:  # fmt: skip
     """The row of a model whose run wrote ``report`` (exit 0, or 1 for a failed gate)."""
     original, final = report.get("original") or {}, report.get(report["stages"][-1]) or {}
     gates = {name: bool(gate.get("passed")) for name, gate in (report.get("gates") or {}).items()}
@@ -84,7 +92,8 @@ def row_from_report(
         macs_before=original.get("macs"), macs_after=final.get("macs"),
         latency_p50_ms_before=_p50(original), latency_p50_ms_after=_p50(final),
         accuracy_before=original.get("accuracy"), accuracy_after=final.get("accuracy"),
-        gates_passed=all(gates.values()), gates=gates, seconds=round(seconds, 2), error=error, output=str(folder),
+        gates_passed=all(gates.values()), gates=gates, seconds=round(seconds, 2), peak_rss_mb=peak_rss_mb,
+        error=error, output=str(folder),
     )  # fmt: skip
 
 

@@ -1,6 +1,6 @@
-"""A batch's summary: ``summary.json``, ``summary.csv`` and ``summary.md``, written atomically.
+"""A batch's summary: ``summary.json``, ``summary.csv``, ``summary.md`` and ``summary.html``, written atomically.
 
-    write_summary(rows, Path("out/zoo"), shard="1/2")    # the three files, one row per model
+    write_summary(rows, Path("out/zoo"), shard="1/2")    # the four files, one row per model
     rows = merge_summaries([Path("out/shard1"), Path("out/shard2")])   # batch-merge
 
 ``summary.json`` holds ``exit_code`` (see ``prunecli.batch.rows``), the count of models per
@@ -17,11 +17,13 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
+from prunecli.batch.html import write_summary_html
 from prunecli.batch.rows import BatchRow, batch_exit_code
 from prunecli.errors import InputError
 from prunecli.model_io.atomic import atomic_write_text
 
 SUMMARY_JSON = "summary.json"
+SUMMARY_HEADER = ["model", "status", "exit", "params", "MACs", "p50 ms", "accuracy", "gates", "s", "peak MB", "error"]
 _COLUMNS = [item.name for item in fields(BatchRow)]
 
 
@@ -37,12 +39,15 @@ def summary_dict(rows: list[BatchRow], *, shard: str | None) -> dict[str, Any]:
 
 
 def write_summary(rows: list[BatchRow], folder: Path, *, shard: str | None) -> dict[str, Path]:
-    """Write summary.json, summary.csv and summary.md into ``folder``; returns their paths."""
+    """Write summary.json, summary.csv, summary.md and summary.html into ``folder``; returns their paths."""
     folder.mkdir(parents=True, exist_ok=True)
     paths = {"json": folder / SUMMARY_JSON, "csv": folder / "summary.csv", "md": folder / "summary.md"}
     atomic_write_text(paths["json"], json.dumps(summary_dict(rows, shard=shard), indent=2) + "\n")
     atomic_write_text(paths["csv"], summary_csv(rows))
     atomic_write_text(paths["md"], summary_markdown(rows))
+    ordered = sorted(rows, key=lambda row: row.name)  # summary.html: the same cells, report links, a scatter
+    cells = [summary_cells(row) for row in ordered]
+    paths.update(write_summary_html(ordered, folder, header=SUMMARY_HEADER, cells=cells, line=summary_line(ordered)))
     return paths
 
 
@@ -61,25 +66,28 @@ def summary_csv(rows: list[BatchRow]) -> str:
 def summary_markdown(rows: list[BatchRow]) -> str:
     """A markdown table of the rows and a line saying what the exit code means."""
     ordered = sorted(rows, key=lambda row: row.name)
-    code = batch_exit_code(ordered)
-    counts = Counter(row.status for row in ordered)
-    lines = [
-        "## prunecli batch",
-        "",
-        f"{len(ordered)} models: " + ", ".join(f"{count} {status}" for status, count in sorted(counts.items()))
-        + f"; exit code {code} ({_meaning(code)}).",
-        "",
-        "| model | status | exit | params | MACs | p50 ms | accuracy | gates | s | error |",
-        "|---|---|---:|---|---|---|---|---|---:|---|",
-    ]  # fmt: skip
+    lines = ["## prunecli batch", "", summary_line(ordered), "", "| " + " | ".join(SUMMARY_HEADER) + " |",
+             "|---|---|---:|---|---|---|---|---|---:|---:|---|"]  # fmt: skip
     for row in ordered:
-        cells = [row.name, row.status, str(row.exit_code), _pair(row.params_before, row.params_after, "{:,}"),
-                 _pair(row.macs_before, row.macs_after, "{:,}"),
-                 _pair(row.latency_p50_ms_before, row.latency_p50_ms_after, "{:.3f}"),
-                 _pair(row.accuracy_before, row.accuracy_after, "{:.4f}"), _gates(row), f"{row.seconds:.1f}",
-                 (row.error or "").replace("|", "\\|")]  # fmt: skip
-        lines.append("| " + " | ".join(cells) + " |")
+        lines.append("| " + " | ".join(cell.replace("|", "\\|") for cell in summary_cells(row)) + " |")
     return "\n".join(lines) + "\n"
+
+
+def summary_line(rows: list[BatchRow]) -> str:
+    """``3 models: 1 bad_input, 2 passed; exit code 2 (a model was bad input).`` (summary.md, summary.html)."""
+    code = batch_exit_code(rows)
+    counts = Counter(row.status for row in rows)
+    return (f"{len(rows)} models: " + ", ".join(f"{count} {status}" for status, count in sorted(counts.items()))
+            + f"; exit code {code} ({_meaning(code)}).")  # fmt: skip
+
+
+def summary_cells(row: BatchRow) -> list[str]:
+    """A row's cells under ``SUMMARY_HEADER``: before → after pairs, gates, seconds, error line (unescaped)."""
+    return [row.name, row.status, str(row.exit_code), _pair(row.params_before, row.params_after, "{:,}"),
+            _pair(row.macs_before, row.macs_after, "{:,}"),
+            _pair(row.latency_p50_ms_before, row.latency_p50_ms_after, "{:.3f}"),
+            _pair(row.accuracy_before, row.accuracy_after, "{:.4f}"), _gates(row), f"{row.seconds:.1f}",
+            "-" if row.peak_rss_mb is None else f"{row.peak_rss_mb:,.0f}", row.error or ""]  # fmt: skip
 
 
 def merge_summaries(folders: list[Path]) -> list[BatchRow]:
@@ -105,7 +113,8 @@ def _read_rows(folder: Path) -> list[BatchRow]:
 
 
 def _meaning(code: int) -> str:
-    return {0: "all passed", 1: "a gate failed", 2: "a model was bad input"}.get(code, "a run crashed or timed out")
+    meanings = {0: "all passed", 1: "a gate failed", 2: "a model was bad input"}
+    return meanings.get(code, "a run crashed, timed out or passed its memory limit")
 
 
 def _pair(before: float | None, after: float | None, pattern: str) -> str:

@@ -52,13 +52,19 @@ def batch(
         typer.Option("--timeout", min=1, help="Seconds one model may run before it is killed and recorded.",
                      show_default=False),
     ] = None,  # fmt: skip
+    memory_limit: Annotated[
+        float | None,
+        typer.Option("--memory-limit", metavar="GB", min=0.001,
+                     help="Resident memory (GB) one model's processes may use before they are killed and recorded "
+                          "(a manifest's memory_limit wins).", show_default=False),
+    ] = None,  # fmt: skip
     junit: JunitOption = None,
     json_output: JsonOption = False,
 ) -> int:
     """Run PIPELINE on many models, each as `prunecli run` into OUTPUT/<model>/; write summary.json/.csv/.md.
 
     Exit code: the worst of the models' - 0 all passed, 1 a gate failed, 2 a model was bad input,
-    3 a run crashed or timed out. A failed model is recorded and the batch goes on.
+    3 a run crashed, timed out or passed its memory limit. A failed model is recorded and the batch goes on.
     """
     from prunecli.batch.execute import BatchSettings, run_batch
     from prunecli.batch.models import expand_models, select_shard
@@ -67,7 +73,7 @@ def batch(
         raise InputError(f"pipeline file not found: {pipeline}; check the path")
     entries = select_shard(expand_models(models), shard=shard)
     settings = BatchSettings(pipeline=pipeline, output=output, jobs=jobs, threads=threads, timeout_s=timeout,
-                             resume=resume)  # fmt: skip
+                             memory_limit_gb=memory_limit, resume=resume)  # fmt: skip
     progress = None if json_output else _progress_line
     rows = run_batch(entries, settings, on_row=progress)
     return _finish(rows, output, shard=shard, junit=junit, json_output=json_output)
@@ -107,7 +113,8 @@ def _finish(rows: list[BatchRow], output: Path, *, shard: str | None, junit: Pat
 
 def _progress_line(row: BatchRow) -> None:
     tail = " (resumed)" if row.resumed else ""
-    typer.echo(f"{row.name}: {row.status} (exit {row.exit_code}, {row.seconds:.1f} s){tail}", err=True)
+    peak = "" if row.peak_rss_mb is None else f", peak {row.peak_rss_mb:,.0f} MB"
+    typer.echo(f"{row.name}: {row.status} (exit {row.exit_code}, {row.seconds:.1f} s{peak}){tail}", err=True)
 
 
 def _append_step_summary(markdown: str) -> None:
@@ -129,7 +136,7 @@ def _show(rows: list[BatchRow]) -> None:
     from rich.table import Table
 
     table = Table(title="prunecli batch")
-    for column in ("model", "status", "exit", "params", "MACs", "p50 ms", "accuracy", "s", "error"):
+    for column in ("model", "status", "exit", "params", "MACs", "p50 ms", "accuracy", "s", "peak MB", "error"):
         table.add_column(column, overflow="fold")
     for row in rows:
         colour = "green" if row.status == "passed" else "red"
@@ -137,7 +144,7 @@ def _show(rows: list[BatchRow]) -> None:
                       _pair(row.params_before, row.params_after), _pair(row.macs_before, row.macs_after),
                       _pair(row.latency_p50_ms_before, row.latency_p50_ms_after, digits=3),
                       _pair(row.accuracy_before, row.accuracy_after, digits=4), f"{row.seconds:.1f}",
-                      row.error or "")  # fmt: skip
+                      "-" if row.peak_rss_mb is None else f"{row.peak_rss_mb:,.0f}", row.error or "")  # fmt: skip
     Console().print(table)
 
 

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Annotated, Literal
 import typer
 
 from prunecli.cli.errors import error_boundary
+from prunecli.distributed import leaving_together
 from prunecli.cli.options import (
     DataOption,
     DebugOption,
@@ -25,6 +26,7 @@ if TYPE_CHECKING:
     from prunecli.pipeline.options import RunResult
 
 
+@leaving_together  # torchrun: one process group per command; a failing run ends on rank 0 first (its report, its error)
 @error_boundary
 def run(
     pipeline: PipelineArgument,
@@ -57,6 +59,8 @@ def run(
         pipeline, model=model, data=data, output=output_dir, set=overrides or (), device=device, seed=seed,
         threads=threads, trust_pickle=trust_pickle, progress=sys.stderr.isatty() and not json_output,
     )  # fmt: skip
+    if result.rank != 0:  # torchrun: rank 0 shows the report; this rank exits with its verdict
+        return 0 if result.gates_passed else 1
     if json_output:
         typer.echo(json.dumps(result.report))
     else:

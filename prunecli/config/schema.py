@@ -94,7 +94,9 @@ class DataSpec(StrictModel):
     )
     train: Path | None = Field(default=None, description="Training file (folder for image_folder); digits ignores it.")
     eval: Path | None = Field(default=None, description="Eval file (folder for image_folder); digits ignores it.")
-    batch_size: PositiveInt = 64
+    batch_size: PositiveInt = Field(
+        default=64, description="Samples per batch; under torchrun the global fine-tuning batch, split over the ranks."
+    )
     label_column: str = Field(default="label", description="CSV only: the column holding integer labels.")
     image_size: list[PositiveInt] | None = Field(
         default=None,
@@ -206,7 +208,7 @@ RESERVED_STAGE_NAMES = frozenset({
     "original", "pruned", "finetuned", "stages", "verification", "gates", "groups", "prunability", "model",
     "outputs", "seed", "device", "threads", "timings_s", "prunecli_version", "scoring",
     "selection", "quantized", "quantization", "sparsified", "sparsity", "regularized", "regularization",
-    "rounds", "blocks_pruned", "blocks", "reconstructed", "reconstruction",
+    "rounds", "blocks_pruned", "blocks", "reconstructed", "reconstruction", "distributed",
 })  # fmt: skip
 ROUND_STAGE = re.compile(r"round\d+(\.|$)")  # round<k> and round<k>.<stage>: the stages of a repeat's rounds
 

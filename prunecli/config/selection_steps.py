@@ -22,8 +22,8 @@ CRITERION_HELP = (
     "consumers: activation (mean |activation|), apoz (1 - fraction of zeros after the activation), taylor "
     "(|sum activation x gradient of the loss|), gradient (mean |dL/dw| over the group's weights), "
     "weight_activation (mean |activation| x sum |outgoing weights|). hybrid: the weighted sum of "
-    "the named criteria's scores, each rank-normalised to [0, 1] per group. On an ONNX model: l1, l2, fpgm, "
-    "random (and hybrids of them) only."
+    "the named criteria's scores, each rank-normalised to [0, 1] per group. On an ONNX model the data-driven "
+    "ones run the graph in torch (prunecli.onnx_torch); bn_scale reads unfused normalisation nodes."
 )
 
 

@@ -33,7 +33,11 @@ class DistillSpec(StrictModel):
 
 
 class FinetuneStep(StrictModel):
-    """Train the pruned model on the training split."""
+    """Train the pruned model on the training split.
+
+    On an ONNX input the current graph runs as a torch module (prunecli.onnx_torch) with the same
+    options, distilled from the input graph; the trained values are written back into the graph.
+    """
 
     kind: Literal["finetune"]
     epochs: int = Field(default=1, ge=0)
@@ -55,7 +59,8 @@ class RegularizeStep(FinetuneStep):
     ``score: bn_scale`` and a ``select`` threshold). ``group_lasso``: the sum, over every channel of
     every prunable group, of the L2 norm of all its slices in all the group's members (the channel
     graph's coupled rows, norm entries and consumer columns). ``l1`` / ``l2``: the sum of |w| / w^2
-    of every weight with 2 or more dimensions. The training options are a finetune step's.
+    of every weight with 2 or more dimensions. The training options are a finetune step's. On an ONNX
+    input the graph is trained in torch as by finetune (``l1_bn`` reads its normalisation nodes' scales).
     """
 
     kind: Literal["regularize"]  # type: ignore[assignment]
@@ -84,6 +89,7 @@ class SparsifyStep(StrictModel):
     left dense unless ``include_output``; ``ignore`` globs name modules left dense. ``method:
     movement`` (with ``ratio``) first trains ``epochs`` epochs accumulating each weight's movement
     score ``-sum over steps of w * dL/dw`` (Sanh et al. 2020), then zeroes the lowest-scored weights.
+    On an ONNX input (magnitude only) the layers are the weight initializers of Conv, Gemm and MatMul nodes.
     """
 
     kind: Literal["sparsify"]
@@ -157,6 +163,7 @@ class QuantizeStep(StrictModel):
 
     ``dynamic``: int8 weights, activations quantized at run time. ``static``: int8 weights and
     activations (QDQ), ranges calibrated on ``batches`` batches of the train split (eval if none).
+    On an ONNX input the current graph is quantized as it is (no export).
     """
 
     kind: Literal["quantize"]
@@ -171,7 +178,8 @@ class ReconstructStep(StrictModel):
     forward order, each Linear / Conv2d whose inputs were pruned gets the weight and bias that best
     map its inputs in the pruned model to the same layer's outputs (the kept ones) in the unpruned
     model, on ``batches`` batches of the train split (eval if none). Needs a prune step before it;
-    measured as stage ``reconstructed``.
+    measured as stage ``reconstructed``. On an ONNX input the layers are Conv, Gemm and MatMul (+ Add
+    bias) nodes, refit in ONNX Runtime toward the same nodes of the input graph.
     """
 
     kind: Literal["reconstruct"]

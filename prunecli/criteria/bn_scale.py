@@ -16,7 +16,7 @@ from torch import nn
 from prunecli.criteria.inputs import Scores, ScoringInputs, reduce_members, to_channels
 from prunecli.criteria.registry import register
 from prunecli.errors import InputError
-from prunecli.graph.channel_graph import PruningGroup
+from prunecli.graph.channel_graph import Member, PruningGroup
 
 NORMS = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
 
@@ -25,12 +25,21 @@ def group_scales(group: PruningGroup, module: torch.nn.Module) -> list[np.ndarra
     """|weight| per channel of each of the group's normalisation members (empty when it has none)."""
     scales = []
     for member in group.members:
-        owner = _owner(module, member.module)
-        if isinstance(owner, NORMS) and member.tensor.endswith(".weight") and member.is_parameter:
-            weight = owner.weight.detach().to(torch.float64).cpu().abs().reshape(-1).numpy()
-            if len(weight) == len(member.positions):
-                scales.append(to_channels(weight, member.positions, group.channels))
+        weight = _norm_weight(module, member)
+        if weight is not None and weight.numel() == len(member.positions):
+            weight = weight.detach().to(torch.float64).cpu().abs().reshape(-1).numpy()
+            scales.append(to_channels(weight, member.positions, group.channels))
     return scales
+
+
+def _norm_weight(module: torch.nn.Module, member: Member) -> torch.Tensor | None:
+    """The normalisation scale that ``member`` is, or None."""
+    if not member.is_parameter:
+        return None
+    if hasattr(module, "norm_scales"):  # an ONNX graph run in torch: scales by initializer name
+        return module.norm_scales().get(member.tensor)
+    owner = _owner(module, member.module)
+    return owner.weight if isinstance(owner, NORMS) and member.tensor.endswith(".weight") else None
 
 
 def _owner(module: torch.nn.Module, name: str) -> torch.nn.Module | None:

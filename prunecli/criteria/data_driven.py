@@ -136,12 +136,11 @@ def weight_activation(inputs: ScoringInputs) -> Scores:
     """Mean |activation| times the sum of |w| over the channel's outgoing weights."""
     activations = activation(inputs)
     tensors = dict(inputs.module.named_parameters())
-    consumers = {(site.group_id, site.module) for site in consumer_sites(inputs.graph, inputs.module)}
+    consumers = {(site.group_id, site.tensor) for site in consumer_sites(inputs.graph, inputs.module)}
     scores = {}
     for group_id, mean_abs in activations.items():
         group = inputs.graph.group(group_id)
-        outgoing = [m for m in group.members if (group_id, m.module) in consumers and not m.produces
-                    and m.tensor.endswith(".weight")]  # fmt: skip
+        outgoing = [m for m in group.members if (group_id, m.tensor) in consumers and not m.produces]
         sums = member_sums(outgoing, group.channels, tensors, power=1)
         scores[group_id] = mean_abs * (np.nansum(np.stack(sums), 0) if sums else 1.0)
     return scores

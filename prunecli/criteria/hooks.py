@@ -15,6 +15,7 @@ statistic over batches::
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -37,28 +38,34 @@ class Site:
     axis: int
     positions: np.ndarray
     on: str = "output"  # "output" of a producer, "input" of a consumer
+    value: str | None = None  # an ONNX graph value to observe instead of a layer (prunecli.onnx_torch.sites)
+    tensor: str = ""  # the member's weight tensor
 
 
 def producer_sites(graph: ChannelGraph, module: nn.Module) -> list[Site]:
     """A site per producer member of every prunable group whose layer is a conv or linear."""
+    if hasattr(module, "value_sites"):  # an ONNX graph run in torch: sites on graph values
+        return module.value_sites(graph, produces=True)
     sites = []
     for group in graph.prunable_groups:
         for member in group.producers:
             axis = _channel_axis(_owner(module, member.module), member, produces=True)
             if axis is not None:
-                sites.append(Site(group.id, member.module, axis, member.positions, "output"))
+                sites.append(Site(group.id, member.module, axis, member.positions, "output", tensor=member.tensor))
     return sites
 
 
 def consumer_sites(graph: ChannelGraph, module: nn.Module) -> list[Site]:
     """A site per consumer member (a conv/linear weight's input dimension) of every prunable group."""
+    if hasattr(module, "value_sites"):  # an ONNX graph run in torch: sites on graph values
+        return module.value_sites(graph, produces=False)
     sites = []
     for group in graph.prunable_groups:
         for member in group.members:
             if member.is_parameter and not member.produces:
                 axis = _channel_axis(_owner(module, member.module), member, produces=False)
                 if axis is not None:
-                    sites.append(Site(group.id, member.module, axis, member.positions, "input"))
+                    sites.append(Site(group.id, member.module, axis, member.positions, "input", tensor=member.tensor))
     return sites
 
 
@@ -111,6 +118,9 @@ class Recorder:
 
     def __enter__(self) -> "Recorder":
         for index, site in enumerate(self.sites):
+            if site.value is not None:  # an OnnxModule's graph value
+                self._handles.append(self.module.observe(site.value, functools.partial(self._seen, index)))
+                continue
             layer = self.module.get_submodule(site.module)
             if site.on == "output":
                 hook = layer.register_forward_hook(lambda _m, _i, out, index=index: self._seen(index, out))

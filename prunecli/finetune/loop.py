@@ -7,6 +7,8 @@
 Runs are reproducible: the same seed gives the same batches (``batches(..., seed=seed + epoch)``)
 and the same weights. ``TrainingHooks`` let a caller add a penalty to every batch's loss (sparsity
 regularisation) or read the gradients after backward (movement scores) without another loop.
+Under torchrun the same call trains with DistributedDataParallel, each rank on its slice of every
+global batch (``prunecli.finetune.sharding``); a single process runs as it always did.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from prunecli.data.dataset import Split, batches
 from prunecli.errors import InputError
 from prunecli.finetune.distill import distillation_loss
 from prunecli.finetune.optim import make_optimizer, make_scheduler
+from prunecli.finetune.sharding import DataParallel, data_parallel
 from prunecli.model_io.outputs import first_tensor
 from prunecli.sparsity.masks import bind_masks
 
@@ -72,8 +75,9 @@ def finetune(
     torch.manual_seed(seed)
     module.to(device).train()
     if teacher is not None:
-        teacher.to(device).eval()
-    batches_per_epoch = math.ceil(len(train) / batch_size)
+        teacher.to(device).eval()  # under torchrun every rank runs its own teacher on its slice
+    parallel = data_parallel(module, masks=masks, device=device, batch_size=batch_size)  # DDP under torchrun
+    batches_per_epoch = parallel.batches_per_epoch(len(train), batch_size)
     optimizer = make_optimizer(module.parameters(), step)
     reapply_masks = bind_masks(module, masks)
     scheduler = make_scheduler(optimizer, step, batches_per_epoch=batches_per_epoch)
@@ -81,9 +85,9 @@ def finetune(
     try:
         with _progress_bar(enabled=progress, total=step.epochs * batches_per_epoch) as advance:
             for epoch in range(step.epochs):
-                epoch_batches = batches(train, batch_size=batch_size, shuffle=True, seed=seed + epoch)
+                epoch_batches = parallel.shard(batches(train, batch_size=batch_size, shuffle=True, seed=seed + epoch))
                 mean_loss = _train_epoch(
-                    module, epoch_batches, optimizer=optimizer, scheduler=scheduler, step=step, teacher=teacher,
+                    parallel, epoch_batches, optimizer=optimizer, scheduler=scheduler, step=step, teacher=teacher,
                     device=device, advance=advance, reapply_masks=reapply_masks, hooks=hooks,
                 )
                 epoch_losses.append(_checked_mean(mean_loss, epoch=epoch))
@@ -93,8 +97,8 @@ def finetune(
 
 
 def _train_epoch(
-    module: torch.nn.Module,
-    epoch_batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    parallel: DataParallel,
+    epoch_batches: Iterable[tuple[torch.Tensor, torch.Tensor, float]],
     *,
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler | None,
@@ -105,15 +109,15 @@ def _train_epoch(
     reapply_masks: Callable[[], None] = lambda: None,
     hooks: TrainingHooks = NO_HOOKS,
 ) -> float:
-    """One pass over ``epoch_batches``; returns the mean loss per sample."""
+    """One pass over ``epoch_batches`` (inputs, labels, loss weight); returns the mean loss per sample."""
     loss_sum, samples = 0.0, 0
-    for inputs, labels in epoch_batches:
+    for inputs, labels, weight in epoch_batches:
         inputs, labels = inputs.to(device), labels.to(device)
-        loss = _batch_loss(module, inputs, labels, step=step, teacher=teacher)
+        loss = _batch_loss(parallel.model, inputs, labels, step=step, teacher=teacher)
         if hooks.penalty is not None:
             loss = loss + hooks.penalty()
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        (loss * weight if weight != 1 else loss).backward()  # weight: this rank's share of the global batch
         if hooks.after_backward is not None:
             hooks.after_backward()
         optimizer.step()
@@ -123,7 +127,7 @@ def _train_epoch(
         batch_loss = loss.item()
         loss_sum, samples = loss_sum + batch_loss * len(labels), samples + len(labels)
         advance(batch_loss)
-    return loss_sum / samples
+    return parallel.mean(loss_sum, samples)
 
 
 def _batch_loss(

@@ -47,6 +47,8 @@ class PruningGroup:
 
     ``prunable`` is False, with ``reason``, when the channels reach the model's inputs or
     outputs, an op prunecli cannot prune through, or a dimension used in another way.
+    ``modules`` names the producing modules where tensor names do not (ONNX initializers such
+    as ``onnx::Conv_239``: the module scopes of the producing nodes).
     """
 
     id: int
@@ -55,6 +57,7 @@ class PruningGroup:
     members: tuple[Member, ...]
     prunable: bool
     reason: str | None = None
+    modules: tuple[str, ...] = ()
 
     @property
     def producers(self) -> tuple[Member, ...]:

@@ -63,6 +63,9 @@ def onnx_macs(path: Path, input_shape: Sequence[int]) -> int:
     shapes = {tensor.name: tuple(tensor.dims) for tensor in graph.initializer}
     for value in [*graph.input, *graph.value_info, *graph.output]:
         shapes[value.name] = _static_shape(value)
+    counted = [node for node in graph.node if node.op_type in _NODE_MACS]
+    if any(shapes.get(name) is None for node in counted for name in [*node.input[:2], node.output[0]] if name):
+        shapes.update(_completed_shapes(Path(path), (1, *input_shape[1:])))
     total = 0
     for node in graph.node:
         if node.op_type in _NODE_MACS:
@@ -80,6 +83,18 @@ def _inferred_graph(path: Path, input_shape: tuple[int, ...]) -> onnx.GraphProto
     for output in model.graph.output:
         output.type.tensor_type.ClearField("shape")
     return onnx.shape_inference.infer_shapes(model, data_prop=True).graph
+
+
+def _completed_shapes(path: Path, input_shape: tuple[int, ...]) -> dict[str, tuple[int, ...]]:
+    """Shapes as the ONNX front-end sizes them: also the tensors after shape targets computed at run time
+    (``Shape -> Gather -> Concat -> Reshape`` chains, ``expand(-1, ...)``) that onnx inference leaves unsized."""
+    import onnx
+
+    from prunecli.onnx_graph.shape_completion import unsized_outputs
+    from prunecli.onnx_graph.shapes import static_shapes
+
+    model = onnx.load(str(path), load_external_data=False)
+    return static_shapes(model, input_shape=input_shape, complete=unsized_outputs)
 
 
 def _fix_input_shape(value: onnx.ValueInfoProto, shape: tuple[int, ...], *, path: Path) -> None:

@@ -24,6 +24,7 @@ from prunecli.errors import InternalError, OnnxExportError
 from prunecli.model_io.arch import portable_arch
 from prunecli.model_io.atomic import atomic_path, atomic_write_text
 from prunecli.model_io.loaded import LoadedModel
+from prunecli.model_io.onnx_external import write_onnx
 from prunecli.model_io.plan_file import (
     KeepMapping,
     SavedPlan,
@@ -82,16 +83,17 @@ def save_model(
     return {**written, **onnx_paths}
 
 
-def save_onnx_model(model: onnx.ModelProto, *, out_dir: Path) -> dict[str, Path]:
-    """Write an ONNX model (the result of ONNX surgery) as ``out_dir/model.onnx``."""
-    import onnx
+def save_onnx_model(model: onnx.ModelProto, *, out_dir: Path, external_data: bool = False) -> dict[str, Path]:
+    """Write an ONNX model (the result of ONNX surgery) as ``out_dir/model.onnx``.
 
+    With ``external_data`` (the input had it), or when the weights pass protobuf's 2 GB limit, they
+    go to ``model.onnx.data`` beside it (key ``onnx_data``); see ``prunecli.model_io.onnx_external``.
+    """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / "model.onnx"
-    with atomic_path(path) as temporary:
-        onnx.save_model(model, str(temporary))
-    return {"model": path, "onnx": path}
+    data = [file for file in write_onnx(model, path, external_data=external_data) if file != path]
+    return {"model": path, "onnx": path, **({"onnx_data": data[0]} if data else {})}
 
 
 def export_onnx(module: torch.nn.Module, example_input: torch.Tensor, path: Path) -> Path:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import onnx
@@ -19,7 +19,11 @@ from onnx import numpy_helper
 
 from prunecli.graph.channel_graph import ChannelGraph, PruningGroup, build_groups
 from prunecli.graph.layout import Layout
-from prunecli.onnx_graph import rules_layers, rules_shape  # noqa: F401 - registers the rules
+from prunecli.onnx_graph import (  # noqa: F401 - registers the rules
+    rules_einsum, rules_layers, rules_norm, rules_shape, shape_values,
+)
+from prunecli.onnx_graph.copies import Copy, reader_copies
+from prunecli.onnx_graph.shape_completion import unsized_outputs
 from prunecli.onnx_graph.context import ONNX_RULES, OnnxContext, SizeRef, node_label, subgraph_reads
 from prunecli.onnx_graph.shapes import static_shapes
 
@@ -32,7 +36,11 @@ class OnnxChannelGraph(ChannelGraph):
 
     ``size_refs`` are the shape constants and attributes that size pruned dimensions;
     ``value_layouts`` the layouts of every activation (to rewrite ``value_info`` shapes);
-    ``divisors`` the initializers used as divisors or exponents (masked with ones, not zeros).
+    ``divisors`` the initializers used as divisors, exponents or multipliers (masked with ones, not zeros);
+    ``copies`` the per-reader copies of shared initializers (tensor names of their own, see
+    ``prunecli.onnx_graph.copies``) that surgery and masking write out when pruning touches them;
+    ``norms`` the LayerNormalization nodes over prunable channels with their scale's tensor name
+    (the masked original normalises over the kept channels).
     """
 
     def __init__(
@@ -42,25 +50,31 @@ class OnnxChannelGraph(ChannelGraph):
         size_refs: Sequence[SizeRef],
         value_layouts: dict[str, list[Layout]],
         divisors: set[str],
+        copies: Mapping[str, Copy],
+        norms: Sequence[tuple[int, str]] = (),
     ) -> None:
         super().__init__(table=base.table, groups=base.groups, fallbacks=base.fallbacks)
         self.size_refs = list(size_refs)
         self.value_layouts = value_layouts
         self.divisors = divisors
+        self.copies = dict(copies)
+        self.norms = list(norms)
 
 
 def build_onnx_graph(model: onnx.ModelProto, *, input_shape: Sequence[int] | None = None) -> OnnxChannelGraph:
     """Derive the pruning groups of ``model`` (shapes from onnx shape inference on ``input_shape``)."""
-    ctx = OnnxContext(model, static_shapes(model, input_shape=input_shape))
+    ctx = OnnxContext(model, static_shapes(model, input_shape=input_shape, complete=unsized_outputs))
     initializers = set(ctx.initializers)
     for value in model.graph.input:
         if value.name not in initializers and ctx.shape(value.name) is not None:
             ctx.values[value.name] = ctx.fresh(ctx.shape(value.name), "reaches a model input")
     for index, node in enumerate(model.graph.node):
         ctx.node_index = index
-        for name, layouts in zip(node.output, _visit(ctx, node)):
+        own = ctx.own_inputs(node)
+        for name, layouts in zip(node.output, _visit(ctx, own)):
             if name and layouts is not None:
                 ctx.values[name] = layouts
+        shape_values.follow(ctx, own)
     for value in model.graph.output:
         for layout in ctx.layouts(value.name) or []:
             ctx.table.mark_fixed(layout, "reaches a model output")
@@ -69,16 +83,26 @@ def build_onnx_graph(model: onnx.ModelProto, *, input_shape: Sequence[int] | Non
         table=ctx.table,
         groups=_named(
             build_groups(ctx.table, ctx.initializer_layouts, parameters=parameters, producers=ctx.producers),
-            ctx.producer_nodes,
+            ctx,
+            model,
         ),
         fallbacks=ctx.fallbacks,
     )
-    return OnnxChannelGraph(base=base, size_refs=ctx.size_refs, value_layouts=ctx.values, divisors=ctx.divisors)
+    return OnnxChannelGraph(
+        base=base, size_refs=ctx.size_refs, value_layouts=ctx.values, divisors=ctx.divisors, copies=ctx.copies,
+        norms=ctx.norms,
+    )
 
 
 def initializer_arrays(model: onnx.ModelProto) -> dict[str, np.ndarray]:
-    """The floating-point initializers of ``model`` as numpy arrays, by name (what static criteria read)."""
-    return {t.name: numpy_helper.to_array(t) for t in model.graph.initializer if t.data_type in _FLOAT_TYPES}
+    """The floating-point initializers of ``model`` as numpy arrays, by name (what static criteria read).
+
+    The per-reader copies of shared initializers (``prunecli.onnx_graph.copies``) are listed too,
+    under their own names, as the channel graph's members name them.
+    """
+    arrays = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer if t.data_type in _FLOAT_TYPES}
+    arrays.update({name: arrays[copy.source] for name, copy in reader_copies(model).items()})
+    return arrays
 
 
 def _visit(ctx: OnnxContext, node: onnx.NodeProto) -> list:
@@ -123,18 +147,55 @@ def _mismatch(ctx: OnnxContext, node: onnx.NodeProto, outputs: list) -> str | No
     return None
 
 
-def _named(groups: list[PruningGroup], producer_nodes: dict[str, str]) -> list[PruningGroup]:
-    """Groups named after the nodes producing them (``/features/fc1/Gemm`` -> ``features.fc1``)."""
+def _named(groups: list[PruningGroup], ctx: OnnxContext, model: onnx.ModelProto) -> list[PruningGroup]:
+    """Groups named after the modules producing them, in model order.
+
+    A producer's module is its weight's parameter path (``layer1.0.conv1.weight``) where the
+    exporter kept it, else its node's (``/features/fc1/Gemm`` -> ``features.fc1``, see
+    ``node_module``). A group's ``modules`` are what ``select.ignore`` globs match; groups come
+    in the order of their first producing node.
+    """
     named = []
     for group in groups:
-        nodes = list(dict.fromkeys(producer_nodes[m.tensor] for m in group.producers if m.tensor in producer_nodes))
-        if not nodes:
-            named.append(group)
+        producers = sorted(
+            ((ctx.producer_nodes[m.tensor], m) for m in group.producers if m.tensor in ctx.producer_nodes),
+            key=lambda pair: pair[0],
+        )
+        if not producers:
+            named.append((len(model.graph.node), group))
             continue
-        base = module_path(nodes[0]) + (f" (+{len(nodes) - 1} tied)" if len(nodes) > 1 else "")
+        modules = tuple(dict.fromkeys(_module(ctx, model, index, member.tensor) for index, member in producers))
+        base = modules[0] + (f" (+{len(modules) - 1} tied)" if len(modules) > 1 else "")
         part = group.name[group.name.rfind("[") :] if group.name.endswith("]") else ""
-        named.append(dataclasses.replace(group, name=base + part))
-    return named
+        named.append((producers[0][0], dataclasses.replace(group, name=base + part, modules=modules)))
+    return [group for _, group in sorted(named, key=lambda pair: pair[0])]
+
+
+def _module(ctx: OnnxContext, model: onnx.ModelProto, node_index: int, tensor: str) -> str:
+    path, _, leaf = tensor.rpartition(".")
+    if path and leaf in ("weight", "bias") and ":" not in tensor and tensor not in ctx.copies:
+        return path
+    return node_module(model.graph.node[node_index])
+
+
+def group_modules(graph: ChannelGraph) -> list[str]:
+    """The module paths that produce the graph's groups, with their parents (what ``select.ignore`` matches)."""
+    names: dict[str, None] = {}
+    for group in graph.groups:
+        for module in group.modules:
+            parts = module.split(".")
+            names.update({".".join(parts[: i + 1]): None for i in range(len(parts))})
+    return list(names)
+
+
+def node_module(node: onnx.NodeProto) -> str:
+    """The torch module a node comes from: the dynamo exporter's innermost name scope, else ``module_path``."""
+    for prop in node.metadata_props:
+        if prop.key == "pkg.torch.onnx.name_scopes":
+            scopes = [scope.strip(" '\"") for scope in prop.value.strip("[]").split(",")]
+            if len(scopes) > 2 and scopes[-2]:
+                return scopes[-2]
+    return module_path(node.name or node.output[0])
 
 
 def module_path(node_name: str) -> str:
@@ -144,5 +205,11 @@ def module_path(node_name: str) -> str:
         return node_name
     path = ""
     for part in match.group(1).split("/"):  # each scope repeats its parent's path: "layer1", "layer1.0"
-        path = part if not path or part.startswith(f"{path}.") else f"{path}.{part}"
+        parent, _, last = path.rpartition(".")
+        if not path or part.startswith(f"{path}."):
+            path = part
+        elif "." in part and part.split(".")[0] == last:  # a Sequential's child: "downsample", "downsample.0"
+            path = f"{parent}.{part}" if parent else part
+        else:
+            path = f"{path}.{part}"
     return path

@@ -19,6 +19,7 @@ from onnx import numpy_helper
 
 from prunecli.graph.fallbacks import FallbackLog
 from prunecli.graph.layout import Layout, SpaceTable
+from prunecli.onnx_graph.copies import node_inputs, reader_copies
 from prunecli.registry import Registry
 
 Layouts = list[Layout]
@@ -56,11 +57,32 @@ class OnnxContext:
         self.values: dict[str, Layouts] = {}
         self.initializer_layouts: dict[str, Layouts] = {}
         self.producers: dict[str, set[int]] = {}
-        self.producer_nodes: dict[str, str] = {}
+        self.producer_nodes: dict[str, int] = {}  # weight -> index of the first node producing along it
         self.size_refs: list[SizeRef] = []
         self.divisors: set[str] = set()
+        self.norms: list[tuple[int, str]] = []  # LayerNorm nodes over prunable channels, scale (onnx_graph.norms)
+        self.readers: dict[str, list[onnx.NodeProto]] = {}
+        for node in model.graph.node:
+            for name in node.input:
+                self.readers.setdefault(name, []).append(node)
+        self.shape_values: dict[str, Any] = {}  # integer tensors computed from shapes (see shape_values)
         self.aliases: dict[str, str] = {}
+        self.copies = reader_copies(model)
+        self._copy_inputs = node_inputs(self.copies)
+        for name, copy in self.copies.items():
+            self.initializers[name] = self.initializers[copy.source]
         self.node_index = -1
+
+    def own_inputs(self, node: onnx.NodeProto) -> onnx.NodeProto:
+        """``node`` with each shared initializer it reads renamed to its own copy (see ``copies``)."""
+        renamed = self._copy_inputs.get(self.node_index)
+        if not renamed:
+            return node
+        own = onnx.NodeProto()
+        own.CopyFrom(node)
+        for position, name in renamed.items():
+            own.input[position] = name
+        return own
 
     def resolve(self, name: str) -> str:
         """The initializer an ``Identity`` output stands for (exporters share equal weights so), else ``name``."""
@@ -108,7 +130,7 @@ class OnnxContext:
             return
         self.table.mark_channel(layouts[dim])
         self.producers.setdefault(weight, set()).add(dim)
-        self.producer_nodes.setdefault(weight, node.name or node.output[0])
+        self.producer_nodes.setdefault(weight, self.node_index)
 
     def size_ref(self, source: str, entries: Sequence[tuple[int, Layout]]) -> None:
         """Record sizes that the current node reads from ``source`` (see ``SizeRef``)."""

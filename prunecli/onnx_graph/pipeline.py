@@ -23,6 +23,8 @@ import numpy as np
 import onnx
 
 from prunecli.errors import InputError, VerificationError
+from prunecli.model_io.onnx_external import uses_external_data, write_onnx
+from prunecli.model_io.plan_file import compose_keep
 from prunecli.onnx_graph.build import build_onnx_graph
 from prunecli.onnx_graph.prune import prune_onnx_model
 from prunecli.onnx_graph.surgery import prune_onnx
@@ -31,9 +33,12 @@ if TYPE_CHECKING:
     from prunecli.config.schema import Pipeline, PruneStep, ScoreStep
     from prunecli.pipeline.state import RunState
 
-ONNX_CRITERIA = ("fpgm", "l1", "l2", "random")  # static criteria that read initializers only
+# static criteria read initializers; data-driven ones and bn_scale run the graph in torch (prunecli.onnx_torch)
+ONNX_CRITERIA = (
+    "activation", "apoz", "bn_scale", "fpgm", "gradient", "l1", "l2", "random", "taylor", "weight_activation"
+)  # fmt: skip
 TORCH_ONLY_STEPS = frozenset(
-    {"finetune", "sparsify", "regularize", "reconstruct", "prune_blocks", "repeat"}
+    {"prune_blocks"}
 )
 _FLOATS = {onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16}
 
@@ -41,11 +46,6 @@ _FLOATS = {onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLO
 def check_onnx_pipeline(pipeline: Pipeline) -> None:
     """Refuse, in one line, the steps, criteria and selection modes an ONNX input cannot run yet."""
     for where, step in pipeline.steps_with_paths():
-        if step.kind == "quantize":
-            raise InputError(
-                f"{where}: a quantize step needs a PyTorch model (it quantizes the model's ONNX export); quantize an "
-                "ONNX input with onnxruntime.quantization directly, or pass the PyTorch checkpoint"
-            )
         if step.kind in TORCH_ONLY_STEPS:
             raise InputError(
                 f"{where}: a {step.kind} step is torch-only for now and the model is ONNX; on ONNX use score, "
@@ -53,10 +53,10 @@ def check_onnx_pipeline(pipeline: Pipeline) -> None:
             )
         if step.kind == "score":
             _check_criterion(step, where=where)
-        if step.kind == "select" and step.mode == "sensitivity":
-            raise InputError(f"{where}: select by sensitivity is torch-only for now; use ratio, threshold or target")
         if step.kind == "select" and step.target is not None and step.target.metric[0] == "latency_ms":
             raise InputError(f"{where}: select.target latency_ms is torch-only for now; on ONNX target macs or params")
+        if step.kind == "sparsify" and step.dynamic:
+            raise InputError(f"{where}: sparsify dynamic: true is torch-only for now and the model is ONNX; drop it")
 
 
 def _check_criterion(step: ScoreStep, *, where: str) -> None:
@@ -99,7 +99,7 @@ def onnx_target_measure(state: RunState, metric: str) -> Callable[[Mapping[int, 
         if metric == "params":
             return float(_float_params(candidate))
         path = folder / "candidate.onnx"
-        onnx.save_model(candidate, str(path))
+        write_onnx(candidate, path, external_data=False)
         return float(onnx_macs(path, shape))
 
     reference = count(onnx.load(str(state.snapshots.get("original", state.loaded.onnx_path))))
@@ -125,9 +125,19 @@ def prune_onnx_stage(state: RunState, step: PruneStep) -> None:
             f"pruned ONNX outputs differ from the masked original by {outcome.verification.max_abs_diff:.3g} "
             f"(tolerance {step.tolerance:g}); this is a prunecli bug: please report it with --debug output"
         )
-    path = _work_folder(state) / f"model{len(state.stages)}.onnx"  # a new file per prune: stages keep theirs
-    onnx.save_model(outcome.model, str(path))
+    state.keep = compose_keep(state.keep, outcome.keep)  # relative to the input graph (reconstruct, repeat)
+    replace_current_model(state, outcome.model)
+
+
+def replace_current_model(state: RunState, model: onnx.ModelProto) -> Path:
+    """Save ``model`` as a new file of the run's work folder and make it the current model; return its path.
+
+    A new file per call: the stages measured so far keep theirs (their latency snapshots).
+    """
+    path = _work_folder(state) / f"model{len(state.stages)}.onnx"
+    write_onnx(model, path, external_data=uses_external_data(state.loaded.source))  # as the input was written
     state.loaded = dataclasses.replace(state.loaded, onnx_path=path)  # the source stays the input file
+    return path
 
 
 def onnx_prunability(state: RunState) -> dict[str, Any]:

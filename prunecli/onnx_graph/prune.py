@@ -9,6 +9,7 @@ import numpy as np
 import onnx
 
 from prunecli.errors import InternalError
+from prunecli.model_io.onnx_external import model_source
 from prunecli.onnx_graph.build import OnnxChannelGraph
 from prunecli.onnx_graph.surgery import prune_onnx
 from prunecli.onnx_graph.verify import verify_onnx_surgery
@@ -41,7 +42,8 @@ def prune_onnx_model(
     keep = graph.keep_indices(removed)
     pruned = prune_onnx(model, graph, removed)
     try:
-        onnx.checker.check_model(pruned, full_check=True)
+        with model_source(pruned) as source:  # a path with external data for a graph over 2 GB
+            onnx.checker.check_model(source, full_check=True)
     except Exception as error:  # the checker raises several types; all mean the surgery is wrong
         first_line = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
         raise InternalError(

@@ -6,6 +6,7 @@ import onnx
 
 from prunecli.graph.layout import Layout, broadcast_layouts, couple_conv
 from prunecli.onnx_graph.context import OnnxContext, attribute, onnx_rule
+from prunecli.onnx_graph.rules_norm import DECOMPOSED, decomposed_norm
 
 
 def _tie_optional(ctx: OnnxContext, name: str | None, layout: Layout, dim: int = 0) -> None:
@@ -95,16 +96,23 @@ def matmul(ctx: OnnxContext, node: onnx.NodeProto):
 
 @onnx_rule("BatchNormalization", "InstanceNormalization")
 def batch_norm(ctx: OnnxContext, node: onnx.NodeProto):
-    """Per-channel normalisation over dim 1: scale, bias, mean and variance share the input's channels."""
+    """Per-channel normalisation over dim 1: scale, bias, mean and variance share the input's channels.
+
+    InstanceNormalization computes its statistics over the other dimensions at run time: those
+    stay whole (torch's GroupNorm exports as a Reshape of its groups' channels into them).
+    """
     x = ctx.layouts(node.input[0])
     for name in node.input[1:]:
         _tie_optional(ctx, name or None, x[1])
     if node.op_type == "BatchNormalization" and attribute(node, "training_mode", 0):
         return ctx.unsupported(node, "training mode")
+    if node.op_type == "InstanceNormalization":
+        for layout in x[2:]:
+            ctx.table.mark_fixed(layout, "normalised together by InstanceNormalization")
     return [list(x)] + [None] * (len(node.output) - 1)
 
 
-@onnx_rule("LayerNormalization", "GroupNormalization", "LpNormalization", "MeanVarianceNormalization")
+@onnx_rule("GroupNormalization", "LpNormalization", "MeanVarianceNormalization")
 def normalized_together(ctx: OnnxContext, node: onnx.NodeProto):
     """Norms whose statistics run across channels: the normalised dimensions stay whole (for now)."""
     x = ctx.layouts(node.input[0])
@@ -157,9 +165,10 @@ def reduce(ctx: OnnxContext, node: onnx.NodeProto):
     if axes is None or len(axes) == 0:
         axes = [] if attribute(node, "noop_with_empty_axes", 0) else list(range(len(x)))
     dims = {int(d) % len(x) for d in axes}
+    reason = DECOMPOSED if decomposed_norm(ctx, node) else f"reduced by {node.op_type}"
     if node.op_type != "ReduceSum":
         for d in dims:
-            ctx.table.mark_fixed(x[d], f"reduced by {node.op_type}")
+            ctx.table.mark_fixed(x[d], reason)
     keep = bool(attribute(node, "keepdims", 1))
     return [[ctx.table.singleton() if d in dims else x[d] for d in range(len(x)) if keep or d not in dims]]
 

@@ -8,6 +8,7 @@ import onnx
 from prunecli.graph.layout import Product, concat_layouts
 from prunecli.graph.reshape import reshape_layouts
 from prunecli.onnx_graph.context import Layouts, OnnxContext, attribute, onnx_rule
+from prunecli.onnx_graph.shape_values import read_value, size_by
 
 _UNARY = (
     "Relu", "LeakyRelu", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh", "Elu", "Selu", "Celu", "Softplus",
@@ -31,7 +32,11 @@ def unary(ctx: OnnxContext, node: onnx.NodeProto):
 
 @onnx_rule("Identity")
 def identity(ctx: OnnxContext, node: onnx.NodeProto):
-    """Identity: the output is the input; of an initializer, it stands for that initializer (a tied weight)."""
+    """Identity: the output is the input; of an initializer, it stands for that initializer.
+
+    Exporters share equal initializers through Identity nodes; each reader past the first reads its
+    own copy (``prunecli.onnx_graph.copies``), so that the sharing couples nothing.
+    """
     if ctx.is_initializer(node.input[0]):
         ctx.aliases[node.output[0]] = ctx.resolve(node.input[0])
     return [list(ctx.layouts(node.input[0]))]
@@ -41,11 +46,15 @@ def identity(ctx: OnnxContext, node: onnx.NodeProto):
 def broadcast(ctx: OnnxContext, node: onnx.NodeProto):
     """Numpy broadcasting, aligned from the right: equal non-1 sizes tie their channels.
 
-    A per-channel divisor or exponent initializer is remembered: masking it with zeros would
-    divide by zero, so the masked original fills it with ones instead.
+    A per-channel divisor, exponent or multiplier initializer is remembered: masking it with
+    zeros would divide by zero, or zero a channel that a later op divides by its own sum (the
+    gated attention of ConViT, whose gates the dynamo exporter folds into initializers), so the
+    masked original fills it with ones instead; the removed channel is ignored where it is read.
     """
     if node.op_type in ("Div", "Pow", "Mod") and ctx.is_initializer(node.input[1]):
         ctx.divisors.add(ctx.resolve(node.input[1]))
+    if node.op_type == "Mul":
+        ctx.divisors.update(ctx.resolve(name) for name in node.input if ctx.is_initializer(name))
     out_shape = ctx.shape(node.output[0])
     inputs = [(ctx.layouts(name), ctx.shape(name)) for name in node.input if name]
     outputs: Layouts = []
@@ -74,28 +83,31 @@ def flatten(ctx: OnnxContext, node: onnx.NodeProto):
 
 @onnx_rule("Reshape")
 def reshape(ctx: OnnxContext, node: onnx.NodeProto):
-    """Reshape: layouts as for torch's view; explicit sizes in the target are recorded for surgery."""
-    source, target = node.input[0], ctx.constant(node.input[1])
-    if target is None:
-        return ctx.unsupported(node, "a target shape computed at run time")
+    """Reshape: layouts as for torch's view; the target's sizes are followed (``shape_values.size_by``).
+
+    The target is a constant or a vector computed from shapes at run time (``Shape -> Gather ->
+    Unsqueeze -> Concat``): explicit sizes are recorded for surgery, ``x.size(0)`` follows ``x``.
+    """
+    source, target = node.input[0], read_value(ctx, node, 1)
+    if target is None or len(target.entries) != len(ctx.shape(node.output[0])):
+        return ctx.unsupported(node, "a target shape computed at run time by ops prunecli does not follow")
     out = reshape_layouts(ctx.table, ctx.layouts(source), ctx.shape(source), ctx.shape(node.output[0]))
-    ctx.size_ref("input:1", [(i, out[i]) for i, size in enumerate(target.tolist()) if size > 1])
+    size_by(ctx, target, out, "sized by a shape computed at run time")
     return [out]
 
 
 @onnx_rule("Expand")
 def expand(ctx: OnnxContext, node: onnx.NodeProto):
-    """Broadcast copies: expanded dimensions are new spaces; the rest keep their layouts."""
-    layouts, target = ctx.layouts(node.input[0]), ctx.constant(node.input[1])
+    """Broadcast copies: expanded dimensions are new spaces; the rest keep their layouts (target as Reshape)."""
+    layouts, target = ctx.layouts(node.input[0]), read_value(ctx, node, 1)
     in_shape, out_shape = ctx.shape(node.input[0]), ctx.shape(node.output[0])
-    if target is None:
-        return ctx.unsupported(node, "a target shape computed at run time")
+    if target is None or len(target.entries) > len(out_shape):
+        return ctx.unsupported(node, "a target shape computed at run time by ops prunecli does not follow")
     lead = len(out_shape) - len(in_shape)
     outputs = [ctx.table.new(size) for size in out_shape[:lead]]
     for layout, before, after in zip(layouts, in_shape, out_shape[lead:]):
         outputs.append(layout if before == after else ctx.table.new(after))
-    offset = len(out_shape) - len(target)
-    ctx.size_ref("input:1", [(i, outputs[i + offset]) for i, size in enumerate(target.tolist()) if size > 1])
+    size_by(ctx, target, outputs[len(out_shape) - len(target.entries) :], "sized by a shape computed at run time")
     return [outputs]
 
 
@@ -130,7 +142,8 @@ def concat(ctx: OnnxContext, node: onnx.NodeProto):
 def split(ctx: OnnxContext, node: onnx.NodeProto):
     """Split into consecutive pieces; explicit sizes (input or attribute) are recorded for surgery.
 
-    Without explicit sizes the pieces are equal at run time, which pruning cannot keep: fixed.
+    Without explicit sizes the pieces are equal at run time, which pruning cannot keep: fixed;
+    pieces of one entry each (an unbind) leave that dimension whole too.
     """
     layouts = ctx.layouts(node.input[0])
     axis = int(attribute(node, "axis", 0)) % len(layouts)
@@ -141,6 +154,9 @@ def split(ctx: OnnxContext, node: onnx.NodeProto):
             return ctx.unsupported(node, "split sizes computed at run time")
     else:
         source, explicit = "attr:split", attribute(node, "split")
+    if all(size == 1 for size in sizes):  # unbind (q, k, v = qkv.unbind(0)): each entry is a piece of its own
+        ctx.table.mark_fixed(layouts[axis], "split into single entries")
+        return [layouts[:axis] + [ctx.table.singleton()] + layouts[axis + 1 :] for _ in sizes]
     if explicit is None:
         reason = "split into equal pieces by count"
         ctx.table.mark_fixed(layouts[axis], reason)

@@ -3,7 +3,8 @@
 Everything but sizes stays as it was: graph input and output names, node names and order,
 opset imports, metadata. What changes:
 
-- initializers named by ``keep`` (``ChannelGraph.keep_indices``) keep only the listed positions;
+- initializers named by ``keep`` (``ChannelGraph.keep_indices``) keep only the listed positions; a
+  shared initializer's per-reader copy (``copies``) that loses positions becomes an initializer of its own;
 - each ``SizeRef`` (a Reshape target, Split sizes, ...) gets the new sizes of its layouts;
   a constant shared by nodes that now need different values is copied per node;
 - a depthwise Conv's ``group`` follows its channel count;
@@ -21,7 +22,9 @@ from onnx import numpy_helper
 
 from prunecli.graph.layout import Layout
 from prunecli.onnx_graph.build import OnnxChannelGraph
-from prunecli.onnx_graph.context import SizeRef, attribute
+from prunecli.onnx_graph.context import attribute
+from prunecli.onnx_graph.copies import Copy, materialize
+from prunecli.onnx_graph.shapes import without_initializers
 
 Keep = Mapping[str, Mapping[int, Sequence[int]]]
 
@@ -32,14 +35,30 @@ def prune_onnx(
     """A pruned copy of ``model``: ``removed[group_id]`` channels of each group taken out."""
     keep = graph.keep_indices(removed)
     masks = {group_id: _removed_mask(graph.group(group_id).channels, indices) for group_id, indices in removed.items()}
-    pruned = onnx.ModelProto()
-    pruned.CopyFrom(model)
+    hollow = set(keep)  # weights that lose positions: written once, sliced, never copied whole
+    pruned = materialize(_copied(model, hollow=hollow), keep, graph.copies)
     old_depthwise = _depthwise_channels(pruned)
-    _slice_initializers(pruned.graph, keep)
+    _slice_initializers(pruned.graph, keep, source=model.graph, hollow=hollow, copies=graph.copies)
     _rewrite_size_refs(pruned.graph, graph, masks)
     _fix_depthwise_groups(pruned.graph, old_depthwise)
     _fix_value_info(pruned.graph, graph, masks)
     return pruned
+
+
+def _copied(model: onnx.ModelProto, *, hollow: set[str]) -> onnx.ModelProto:
+    """A copy of ``model`` whose initializers named in ``hollow`` hold only their name, type and dims.
+
+    ``_slice_initializers`` writes their values, sliced, from the input model: copying those
+    weights only to replace them would hold the model's size twice (a protobuf message keeps
+    replaced bytes until it is freed).
+    """
+    copy = without_initializers(model)
+    for tensor in model.graph.initializer:
+        if tensor.name in hollow:
+            copy.graph.initializer.add(name=tensor.name, data_type=tensor.data_type, dims=tensor.dims)
+        else:
+            copy.graph.initializer.append(tensor)
+    return copy
 
 
 def kept_size(graph: OnnxChannelGraph, layout: Layout, masks: Mapping[int, np.ndarray]) -> int:
@@ -57,12 +76,17 @@ def _removed_mask(channels: int, indices: Sequence[int]) -> np.ndarray:
     return mask
 
 
-def _slice_initializers(graph: onnx.GraphProto, keep: Keep) -> None:
+def _slice_initializers(
+    graph: onnx.GraphProto, keep: Keep, *, source: onnx.GraphProto, hollow: set[str], copies: Mapping[str, Copy]
+) -> None:
+    """Slice the initializers named in ``keep``; hollow ones (and copies made of them) read ``source``'s values."""
+    originals = {tensor.name: tensor for tensor in source.initializer}
     for index, tensor in enumerate(graph.initializer):
-        dims = keep.get(tensor.name)
-        if not dims:
+        origin = copies[tensor.name].source if tensor.name in copies else tensor.name
+        dims = keep.get(tensor.name, {})
+        if origin not in hollow and not dims:
             continue
-        array = numpy_helper.to_array(tensor)
+        array = numpy_helper.to_array(originals[origin] if origin in hollow else tensor)
         for dim, indices in sorted(dims.items()):
             array = np.take(array, np.asarray(indices, dtype=np.int64), axis=int(dim))
         graph.initializer[index].CopyFrom(numpy_helper.from_array(np.ascontiguousarray(array), tensor.name))
@@ -70,32 +94,36 @@ def _slice_initializers(graph: onnx.GraphProto, keep: Keep) -> None:
 
 def _rewrite_size_refs(graph: onnx.GraphProto, channels: OnnxChannelGraph, masks: Mapping[int, np.ndarray]) -> None:
     """Write the new sizes into each constant or attribute a SizeRef names."""
-    wanted: dict[str, dict[int, np.ndarray]] = defaultdict(dict)  # constant name -> node -> new value
+    places: dict[tuple[int, str], list] = defaultdict(list)  # (node, source) -> entries, refs merged
     for ref in channels.size_refs:
-        node = graph.node[ref.node]
-        kind, _, key = ref.source.partition(":")
+        places[(ref.node, ref.source)].extend(ref.entries)
+    wanted: dict[str, dict[tuple[int, int], np.ndarray]] = defaultdict(dict)  # constant -> (node, input) -> value
+    for (node_index, source), entries in places.items():
+        node = graph.node[node_index]
+        kind, _, key = source.partition(":")
         if kind == "attr":
-            _set_attribute(node, key, _resized(np.asarray(attribute(node, key)), ref, channels, masks))
+            _set_attribute(node, key, _resized(np.asarray(attribute(node, key)), entries, channels, masks))
             continue
         name = _through_identity(graph, node.input[int(key)])
-        wanted[name][ref.node] = _resized(_constant(graph, name), ref, channels, masks)
-    for name, by_node in wanted.items():
-        values = list(by_node.values())
-        if all(np.array_equal(values[0], value) for value in values[1:]) and _consumers(graph, name) <= set(by_node):
+        wanted[name][(node_index, int(key))] = _resized(_constant(graph, name), entries, channels, masks)
+    for name, by_use in wanted.items():
+        values = list(by_use.values())
+        readers = {node_index for node_index, _ in by_use}
+        if all(np.array_equal(values[0], value) for value in values[1:]) and _consumers(graph, name) <= readers:
             _set_constant(graph, name, values[0])
             continue
-        for node_index, value in by_node.items():  # the constant is shared with other sizes: one copy per node
-            copy_name = f"{name}__pruned_{node_index}"
+        for (node_index, position), value in by_use.items():  # shared with other sizes: one copy per use
+            copy_name = f"{name}__pruned_{node_index}" + (f"_{position}" if position != 1 else "")
             graph.initializer.append(numpy_helper.from_array(value, copy_name))
-            ref_input = next(int(r.source[6:]) for r in channels.size_refs if r.node == node_index)
-            graph.node[node_index].input[ref_input] = copy_name
+            graph.node[node_index].input[position] = copy_name
 
 
-def _resized(value: np.ndarray, ref: SizeRef, channels: OnnxChannelGraph, masks) -> np.ndarray:
+def _resized(value: np.ndarray, entries, channels: OnnxChannelGraph, masks) -> np.ndarray:
     new = value.copy()
-    for position, layout in ref.entries:
-        if new[position] > 0:
-            new[position] = kept_size(channels, layout, masks)
+    flat = new.reshape(-1)  # a view: scalars (an Unsqueeze input) and vectors alike
+    for position, layout in entries:
+        if flat[position] > 0:
+            flat[position] = kept_size(channels, layout, masks)
     return new
 
 

@@ -4,9 +4,9 @@ The *masked original* is the input graph with every position that pruning remove
 its initializers: a producer's rows and bias, the BatchNorm scale, bias, mean and variance
 of those channels (``(x - 0) / sqrt(0 + eps) * 0 + 0 = 0``), and the consumers' columns. A
 removed channel is then zero wherever it is produced and ignored wherever it is read, which
-is exactly what the pruned graph computes without it. Divisors and exponents are masked with
-ones (a zero would divide by zero). As for torch (``prunecli.surgery.verify``), the tolerance
-scales with the output magnitude.
+is exactly what the pruned graph computes without it. Divisors, exponents and multipliers are
+masked with ones (a zero would divide by zero, or zero what a later op divides by its sum). As
+for torch (``prunecli.surgery.verify``), the tolerance scales with the output magnitude.
 """
 
 from __future__ import annotations
@@ -17,16 +17,33 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from prunecli.model_io.onnx_external import model_source
 from prunecli.onnx_graph.build import OnnxChannelGraph
+from prunecli.onnx_graph.copies import Copy, materialize
+from prunecli.onnx_graph.norms import normalise_over_kept
 from prunecli.surgery.verify import Verification
 
 Keep = Mapping[str, Mapping[int, Sequence[int]]]
 
 
-def masked_model(model: onnx.ModelProto, keep: Keep, *, divisors: set[str] = frozenset()) -> onnx.ModelProto:
-    """A copy of ``model`` whose to-be-removed initializer positions are zero (one for divisors)."""
+def masked_model(
+    model: onnx.ModelProto,
+    keep: Keep,
+    *,
+    divisors: set[str] = frozenset(),
+    copies: Mapping[str, Copy] | None = None,
+    norms: Sequence[tuple[int, str]] = (),
+) -> onnx.ModelProto:
+    """A copy of ``model`` whose to-be-removed initializer positions are zero (one for ``divisors``).
+
+    Per-reader ``copies`` of shared initializers named by ``keep`` are written out first, so that
+    each reader's copy is masked on its own (see ``prunecli.onnx_graph.copies``); the LayerNorm
+    nodes of ``norms`` (node index, scale tensor) normalise over the kept channels only (``prunecli.onnx_graph.norms``).
+    """
     masked = onnx.ModelProto()
     masked.CopyFrom(model)
+    materialize(masked, keep, copies or {})
+    normalise_over_kept(masked, keep, norms)
     for index, tensor in enumerate(masked.graph.initializer):
         dims = keep.get(tensor.name)
         if not dims or tensor.data_type not in _FLOATS:
@@ -53,10 +70,9 @@ def run_model(model: onnx.ModelProto, feeds: Mapping[str, np.ndarray]) -> list[n
     options.intra_op_num_threads = 1
     options.inter_op_num_threads = 1
     options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_DISABLE_ALL
-    session = onnxruntime.InferenceSession(
-        model.SerializeToString(), options, providers=["CPUExecutionProvider"]
-    )
-    return session.run(None, dict(feeds))
+    with model_source(model) as source:  # a path with external data for a graph over 2 GB
+        session = onnxruntime.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+        return session.run(None, dict(feeds))
 
 
 def random_feeds(model: onnx.ModelProto, *, input_shape: Sequence[int] | None, seed: int = 0) -> dict[str, np.ndarray]:
@@ -84,7 +100,9 @@ def verify_onnx_surgery(
     tolerance: float,
 ) -> Verification:
     """Compare the pruned graph's outputs with the masked original's in ONNX Runtime."""
-    expected = run_model(masked_model(original, keep, divisors=graph.divisors), feeds)
+    expected = run_model(masked_model(
+        original, keep, divisors=graph.divisors, copies=graph.copies, norms=graph.norms
+    ), feeds)
     actual = run_model(pruned, feeds)
     if len(expected) != len(actual) or any(e.shape != a.shape for e, a in zip(expected, actual)):
         return Verification(float("inf"), tolerance, False)

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 
 from prunecli.config.loading import check_referenced_files
 from prunecli.config.schema import Pipeline, PruneBlocksStep, SelectStep
+from prunecli.distributed import check_global_batch
 from prunecli.errors import InputError
 
 if TYPE_CHECKING:
@@ -63,6 +64,9 @@ def check_pipeline(pipeline: Pipeline, *, base_dir: Path) -> None:
         raise InputError("gates.max_accuracy_drop needs eval data: set data.eval")
     if pipeline.device == "cuda":
         _check_cuda(pipeline)
+    movement = any(getattr(step, "method", "") == "movement" for step in pipeline.all_steps)
+    if movement or {"finetune", "regularize"} & set(kinds):
+        check_global_batch(pipeline.data.batch_size)  # under torchrun: the global batch must split over the ranks
 
 
 def prepare(pipeline: Pipeline, *, base_dir: Path, trust_pickle: bool) -> Prepared:
@@ -78,6 +82,11 @@ def prepare(pipeline: Pipeline, *, base_dir: Path, trust_pickle: bool) -> Prepar
                 _check_select(step, where=where, module=loaded.module)
             if isinstance(step, PruneBlocksStep):
                 _check_globs(step.ignore, where=f"{where}.ignore", module=loaded.module)
+    elif loaded.onnx_path is not None:
+        _check_onnx_globs(pipeline, onnx_path=loaded.onnx_path, input_shape=loaded.input_shape)
+        from prunecli.onnx_torch.stage import check_onnx_executable
+
+        check_onnx_executable(pipeline, onnx_path=loaded.onnx_path)  # ops of finetune/data-driven criteria
     data = load_data(pipeline.data, base_dir=base_dir)
     return Prepared(loaded=loaded, data=check_against_model(data, input_shape=loaded.input_shape, num_outputs=None))
 
@@ -93,9 +102,27 @@ def _check_select(step: SelectStep, *, where: str, module: torch.nn.Module) -> N
         )
 
 
+def _check_onnx_globs(pipeline: Pipeline, *, onnx_path: Path, input_shape: tuple[int, ...]) -> None:
+    """Refuse ``select`` globs that match no module producing a group of the ONNX graph (names as in inspect)."""
+    selects = [(where, step) for where, step in pipeline.steps_with_paths() if isinstance(step, SelectStep)]
+    if not any(step.ignore or step.overrides for _, step in selects):
+        return
+    import onnx
+
+    from prunecli.onnx_graph.build import build_onnx_graph, group_modules
+
+    names = group_modules(build_onnx_graph(onnx.load(str(onnx_path)), input_shape=input_shape))
+    for where, step in selects:
+        for key, patterns in (("ignore", step.ignore), ("overrides", list(step.overrides))):
+            _match_globs(patterns, names, where=f"{where}.{key}")
+
+
 def _check_globs(patterns: list[str], *, where: str, module: torch.nn.Module) -> None:
     """Refuse a module glob that matches no module of ``module``, suggesting a close name."""
-    names = [name for name, _ in module.named_modules() if name]
+    _match_globs(patterns, [name for name, _ in module.named_modules() if name], where=where)
+
+
+def _match_globs(patterns: list[str], names: list[str], *, where: str) -> None:
     for pattern in patterns:
         if not any(fnmatch.fnmatchcase(name, pattern) for name in names):
             close = difflib.get_close_matches(pattern, names, n=1)
@@ -104,14 +131,14 @@ def _check_globs(patterns: list[str], *, where: str, module: torch.nn.Module) ->
 
 
 def _check_training_steps(pipeline: Pipeline, *, has_train: bool) -> None:
-    """Refuse regularize and movement-sparsify steps (they train) without training data or on an ONNX input."""
+    """Refuse regularize and movement-sparsify steps (they train) without training data, movement on an ONNX input."""
     for where, step in pipeline.steps_with_paths():
         name = "regularize" if step.kind == "regularize" else None
         if step.kind == "sparsify" and step.method == "movement":
             name = "sparsify method: movement"
         if name and not has_train:
             raise InputError(f"{where}: a {name} step trains the model and needs training data: set data.train")
-        if name and _is_onnx(pipeline):
+        if name and name != "regularize" and _is_onnx(pipeline):  # regularize runs ONNX in torch (onnx_torch)
             raise InputError(f"{where}: a {name} step trains the model; pass the PyTorch checkpoint, not ONNX")
 
 

@@ -15,12 +15,14 @@ from typing import Any
 
 import torch
 
+from prunecli.distributed import is_main_process
 from prunecli.errors import OnnxExportError
 from prunecli.metrics.accuracy import evaluate_onnx, evaluate_torch
 from prunecli.metrics.latency import measure_onnx_latencies, measure_torch_latencies, unavailable
 from prunecli.metrics.macs import count_macs, onnx_macs
-from prunecli.metrics.size import count_params, onnx_params, serialized_size, size_bytes
+from prunecli.metrics.size import count_params, onnx_params, serialized_size
 from prunecli.model_io import export_onnx
+from prunecli.model_io.onnx_external import onnx_file_bytes
 from prunecli.pipeline.state import RunState
 
 BASELINE = "original"
@@ -36,7 +38,8 @@ def measure_stage(state: RunState, name: str) -> dict[str, Any]:
     with state.timed("measure"):
         if state.module is not None:
             stage = _measure_torch(state)
-            state.snapshots[name] = copy.deepcopy(state.module).cpu()
+            if is_main_process():  # under torchrun only rank 0 times the stages
+                state.snapshots[name] = copy.deepcopy(state.module).cpu()
         else:
             stage = _measure_onnx(state, state.loaded.onnx_path)
             state.snapshots[name] = state.loaded.onnx_path
@@ -114,7 +117,7 @@ def _measure_torch(state: RunState) -> dict[str, Any]:
         "size_bytes": serialized_size(module),
     }
     evaluation = None
-    if state.data.eval is not None:
+    if state.data.eval is not None and is_main_process():  # under torchrun rank 0 evaluates, for the report
         batch_size = state.pipeline.data.batch_size
         evaluation = evaluate_torch(module, state.data.eval, batch_size=batch_size, device=state.device)
     stage.update(_evaluation_fields(evaluation))
@@ -123,9 +126,10 @@ def _measure_torch(state: RunState) -> dict[str, Any]:
 
 def _measure_onnx(state: RunState, path: Path) -> dict[str, Any]:
     example = latency_input(state).numpy()
-    stage = {"params": onnx_params(path), "macs": onnx_macs(path, example[:1].shape), "size_bytes": size_bytes(path)}
+    stage = {"params": onnx_params(path), "macs": onnx_macs(path, example[:1].shape)}
+    stage["size_bytes"] = onnx_file_bytes(path)  # the graph file and its external data files
     evaluation = None
-    if state.data.eval is not None:
+    if state.data.eval is not None and is_main_process():
         evaluation = evaluate_onnx(
             path, state.data.eval, batch_size=state.pipeline.data.batch_size, threads=state.pipeline.threads
         )

@@ -29,9 +29,11 @@ class RunOptions:
 @dataclass
 class RunResult:
     """The report (as written to report.json), whether every gate passed, the files written,
-    and the final model (a torch module; None for ONNX inputs)."""
+    and the final model (a torch module; None for ONNX inputs). Under torchrun, ``rank`` is this
+    process's: ranks other than 0 write nothing and carry an empty report (rank 0's verdict)."""
 
     report: dict[str, Any]
     gates_passed: bool
     written: dict[str, Path] = field(default_factory=dict)
     module: Any = None
+    rank: int = 0

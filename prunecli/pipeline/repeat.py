@@ -59,6 +59,7 @@ def run_rounds(state: RunState, repeat: RepeatStep) -> None:
     prunes = any(inner.kind == "prune" for inner in repeat.steps)
     selections: list[dict[str, Any]] = []
     skipped: dict[str, str] = {}  # group name -> why a round left it whole
+    first_file = state.loaded.onnx_path  # ONNX input: the file round 1's graph is built from (None for torch)
     for number in range(1, repeat.rounds + 1):
         masks_before = _mask_copies(state)
         scored = _run_round(state, repeat, number=number, values=values)
@@ -72,6 +73,7 @@ def run_rounds(state: RunState, repeat: RepeatStep) -> None:
     if first is not None and prunes:
         selection = {"mode": "repeat", "schedule": repeat.schedule, "rounds": selections}
         _describe_whole_block(state, first=first, skipped=skipped, selection=selection)
+        state.onnx_graph_of = first_file
 
 
 def _run_round(

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import random
 import shutil
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +18,7 @@ import prunecli
 from prunecli.config.loading import describe_validation_error, dump_resolved, input_files, with_absolute_paths
 from prunecli.config.schema import Pipeline
 from prunecli.data.checks import check_against_model
+from prunecli.distributed import check_structure, distributed_report, on_main, process_group, state_fingerprint
 from prunecli.errors import InputError, OnnxExportError, VerificationError
 from prunecli.graph.summary import prunability
 from prunecli.model_io import export_onnx, save_model, save_onnx_model
@@ -45,25 +48,55 @@ def run_pipeline(pipeline: Pipeline, *, options: RunOptions) -> RunResult:
     Everything is written into a staging folder and swapped into ``options.output_dir`` at the
     end (see ``OutputFolder``); a run that fails leaves the previous outputs as they were. A
     verification mismatch still commits the report (the evidence), without a model.
+
+    Under torchrun every rank runs the steps alike (fine-tuning shared) and the pruned structure is
+    checked identical across ranks; only rank 0 opens the output folder, measures latency and
+    writes; the other ranks wait for it and get its verdict, with an empty report (``prunecli.distributed``).
     """
     pipeline = with_options(pipeline, options)
-    folder = open_output_folder(pipeline, options=options)
-    with folder, torch_threads(pipeline.threads):
-        state = start_state(pipeline, options=options)
-        measure_stage(state, "original")
-        try:
-            for step in pipeline.steps:
-                run_step(state, step)
-        except VerificationError:
-            _write_reports(state, folder, written={})  # the evidence of the mismatch; no model is written
-            folder.commit()
-            raise
-        measure_latencies(state)
-        written = _write_model(state, folder)
-        report = _write_reports(state, folder, written=written)
-        folder.commit()
-    passed = all(gate["passed"] for gate in report["gates"].values())
-    return RunResult(report=report, gates_passed=passed, written=written, module=state.module)
+    with process_group() as world:
+        options = replace(options, progress=options.progress and world.is_main)  # progress bars: rank 0's only
+        folder = open_output_folder(pipeline, options=options) if world.is_main else _checked(pipeline, options)
+        with folder, torch_threads(pipeline.threads):
+            state = start_state(pipeline, options=options)
+            measure_stage(state, "original")
+            try:
+                for step in pipeline.steps:
+                    run_step(state, step)
+            except VerificationError as error:  # the evidence of the mismatch; no model is written
+                code = error.exit_code
+                on_main(world, lambda: _commit_reports(state, folder), exit_code=lambda _: code)
+                raise
+            check = check_structure(world, state_fingerprint(state), where="at the end of the run")
+            state.distributed = distributed_report(world, check)
+            finished, code = on_main(world, lambda: _finish(state, folder), exit_code=_gates_exit_code)
+    report, written = finished if finished else ({}, {})
+    return RunResult(report=report, gates_passed=code == 0, written=written, module=state.module, rank=world.rank)
+
+
+def _checked(pipeline: Pipeline, options: RunOptions) -> contextlib.nullcontext[None]:
+    """On a torchrun rank other than 0: check the pipeline as rank 0 does, and open no output folder."""
+    check_pipeline(pipeline, base_dir=options.base_dir)
+    return contextlib.nullcontext()
+
+
+def _finish(state: RunState, folder: OutputFolder) -> tuple[dict[str, Any], dict[str, Path]]:
+    """Time every stage, write the model and the reports, commit the output folder: (report, written)."""
+    measure_latencies(state)
+    written = _write_model(state, folder)
+    report = _write_reports(state, folder, written=written)
+    folder.commit()
+    return report, written
+
+
+def _commit_reports(state: RunState, folder: OutputFolder) -> None:
+    _write_reports(state, folder, written={})
+    folder.commit()
+
+
+def _gates_exit_code(finished: tuple[dict[str, Any], dict[str, Path]]) -> int:
+    """0 when every gate passed, else 1 (the CLI's exit code)."""
+    return 0 if all(gate["passed"] for gate in finished[0]["gates"].values()) else 1
 
 
 def open_output_folder(pipeline: Pipeline, *, options: RunOptions) -> OutputFolder:
@@ -152,7 +185,11 @@ def _write_model(state: RunState, folder: OutputFolder) -> dict[str, Path]:
         if state.module is None:
             import onnx
 
-            staged = save_onnx_model(onnx.load(str(state.loaded.onnx_path)), out_dir=folder.staging)
+            from prunecli.model_io.onnx_external import uses_external_data
+
+            model, external = onnx.load(str(state.loaded.onnx_path)), uses_external_data(state.loaded.source)
+            staged = save_onnx_model(model, out_dir=folder.staging, external_data=external)  # written as it came
+            _stage_int8(state, folder, staged)
             return {key: folder.final_path(path) for key, path in staged.items()}
         example = state.sample[:2].cpu()
         staged = save_model(
@@ -164,12 +201,17 @@ def _write_model(state: RunState, folder: OutputFolder) -> dict[str, Path]:
             staged["onnx"] = export_onnx(state.module, example, folder.staging / "model.onnx")
         except OnnxExportError as error:
             state.onnx_error = str(error)
-        if state.quantization and state.quantization["path"]:  # the quantize step's int8 file, beside model.onnx
-            with atomic_path(folder.staging / "model.int8.onnx") as temporary:
-                shutil.copyfile(state.quantization["path"], temporary)
-            staged["onnx_int8"] = folder.staging / "model.int8.onnx"
+        _stage_int8(state, folder, staged)
     state.module.to(state.device)
     return {key: folder.final_path(path) for key, path in staged.items()}
+
+
+def _stage_int8(state: RunState, folder: OutputFolder, staged: dict[str, Path]) -> None:
+    """Copy the quantize step's int8 file, if any, beside model.onnx as ``model.int8.onnx``."""
+    if state.quantization and state.quantization["path"]:
+        with atomic_path(folder.staging / "model.int8.onnx") as temporary:
+            shutil.copyfile(state.quantization["path"], temporary)
+        staged["onnx_int8"] = folder.staging / "model.int8.onnx"
 
 
 def build_report(state: RunState, *, written: dict[str, Path]) -> dict[str, Any]:
@@ -183,7 +225,7 @@ def build_report(state: RunState, *, written: dict[str, Path]) -> dict[str, Any]
     report["selection"] = state.plan.selection if state.plan else None  # mode; for targets requested/achieved
     report["scoring"] = state.scoring  # per score step: criterion, seconds, batches, groups left unscored
     report["prunability"] = _prunability(state)
-    report["sparsity"] = sparsity_report(state.sparsity, state.module, state.original)  # sparsify steps
+    report["sparsity"] = _sparsity(state)  # sparsify steps
     report["regularization"] = regularization_report(state.regularization)  # regularize steps: before/after
     report["reconstruction"] = reconstruction_report(state.reconstruction)  # reconstruct steps: per-layer fit
     report["rounds"] = rounds_entry(state.rounds, state.stages)  # repeat: one row per round (report.rounds)
@@ -193,9 +235,20 @@ def build_report(state: RunState, *, written: dict[str, Path]) -> dict[str, Any]
     report["onnx_export_error"] = state.onnx_error
     report["quantization"] = quantization_report(state, written=written)  # mode, int8 file or why not
     report["threads"] = {"work": state.pipeline.threads, "latency": state.latency_threads}
+    report["distributed"] = state.distributed  # torchrun: world size, backend, structure check (else world_size 1)
     report["timings_s"] = {phase: round(seconds, 4) for phase, seconds in state.timings_s.items()}
     report.update(seed=state.seed, device=state.device, prunecli_version=prunecli.__version__)
     return report
+
+
+def _sparsity(state: RunState) -> dict[str, Any] | None:
+    """The report's sparsity entry: zeros of the final model (on an ONNX input, of the written graph's initializers)."""
+    if state.module is None and state.sparsity is not None:
+        from prunecli.sparsity.onnx_weights import onnx_sparsity_report
+
+        original = state.snapshots.get("original", state.loaded.source)
+        return onnx_sparsity_report(state.sparsity, current=state.loaded.onnx_path, original=original)
+    return sparsity_report(state.sparsity, state.module, state.original)
 
 
 def _prunability(state: RunState) -> dict[str, Any] | None:

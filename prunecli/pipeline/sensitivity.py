@@ -26,7 +26,6 @@ from typing import Any
 import numpy as np
 
 from prunecli.config.schema import Pipeline, ScoreStep
-from prunecli.errors import InputError
 from prunecli.metrics.accuracy import evaluate_torch
 from prunecli.model_io.atomic import atomic_write_text
 from prunecli.pipeline.options import RunOptions
@@ -98,6 +97,10 @@ def _point(state: RunState, group: Any, ratio: float, *, baseline: dict[str, Any
     if count == 0:
         return {**point, **baseline}
     order = np.argsort(state.scores[group.id], kind="stable")
+    if state.module is None:  # ONNX input: ONNX surgery, evaluated in ONNX Runtime
+        from prunecli.onnx_graph.sensitivity import onnx_point
+
+        return {**point, **onnx_point(state, group, np.sort(order[:count]), tolerance=VERIFY_TOLERANCE)}
     outcome = prune_module(
         state.module, state.graph, {group.id: np.sort(order[:count])}, inputs=state.sample, tolerance=VERIFY_TOLERANCE
     )
@@ -107,6 +110,10 @@ def _point(state: RunState, group: Any, ratio: float, *, baseline: dict[str, Any
 
 
 def _evaluate(state: RunState, module: Any) -> dict[str, float | None]:
+    if module is None:  # ONNX input: the current graph in ONNX Runtime
+        from prunecli.onnx_graph.sensitivity import onnx_evaluation
+
+        return onnx_evaluation(state)
     split = state.data.eval if state.data.eval is not None else state.data.train
     batch_size = state.pipeline.data.batch_size
     evaluation = evaluate_torch(module, split, batch_size=batch_size, device=state.device)
@@ -116,8 +123,13 @@ def _evaluate(state: RunState, module: Any) -> dict[str, float | None]:
 def _fingerprint(state: RunState, ratios: Sequence[float]) -> str:
     """What a progress file must match to be resumed: the model's weights, data, pipeline and ratios."""
     digest = hashlib.sha256()
-    for tensor in state.original.state_dict().values():
-        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    if state.original is None:  # ONNX input
+        from prunecli.onnx_graph.sensitivity import onnx_fingerprint
+
+        digest.update(onnx_fingerprint(state))
+    else:
+        for tensor in state.original.state_dict().values():
+            digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
     split = state.data.eval if state.data.eval is not None else state.data.train
     digest.update(split.inputs.tobytes())
     digest.update(state.pipeline.model_dump_json(exclude={"steps"}).encode())
@@ -164,8 +176,6 @@ def run_sensitivity(
     folder = open_output_folder(pipeline, options=options)
     with folder, torch_threads(pipeline.threads):
         state = start_state(pipeline, options=options)
-        if state.module is None:
-            raise InputError("sensitivity needs a PyTorch model (state_dict + model.arch, .pt2 or a trusted pickle)")
         _score(state)
         sweep = sensitivity_sweep(state, ratios=ratios, progress_file=folder.progress_path, progress=progress)
         staged = write_sensitivity(sweep, out_dir=folder.staging)

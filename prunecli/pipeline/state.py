@@ -70,6 +70,7 @@ class RunState:
     reconstruction: list[dict[str, Any]] = field(default_factory=list)  # per reconstruct step; see reconstruct.report
     onnx_graph_of: Path | None = None  # ONNX input: the file ``graph`` was built from (score rebuilds it for another)
     onnx_workdir: Path | None = None  # ONNX input: temporary folder of the pruned graphs (see onnx_graph.pipeline)
+    distributed: dict[str, Any] | None = None  # world size, backend, structure check (prunecli.distributed)
 
     @property
     def latency_threads(self) -> int:

@@ -34,12 +34,11 @@ def run_step(state: RunState, step: object) -> None:
 @handles(ScoreStep)
 def score(state: RunState, step: ScoreStep) -> None:
     """Build the channel graph (again after a prune replaced the module) and score every prunable group's channels."""
-    tensors = None
-    if state.module is None:  # ONNX input: the graph of the current file, criteria read its initializers
-        from prunecli.onnx_graph import initializer_arrays
-        from prunecli.onnx_graph.pipeline import ensure_onnx_graph
+    tensors, module = None, state.module
+    if state.module is None:  # ONNX input: criteria read its initializers; data-driven ones run it in torch
+        from prunecli.onnx_torch.stage import scoring_sources
 
-        tensors = initializer_arrays(ensure_onnx_graph(state))
+        tensors, module = scoring_sources(state, step.criterion_spec)
     elif state.graph is None or state.graph_of is not state.module:
         with state.timed("trace"):
             state.graph = build_channel_graph(state.module, state.sample)
@@ -48,7 +47,7 @@ def score(state: RunState, step: ScoreStep) -> None:
             state.original_channels = {group.name: group.channels for group in state.graph.groups}
     split = state.data.train if state.data.train is not None else state.data.eval
     inputs = ScoringInputs(
-        graph=state.graph, module=state.module, seed=state.seed, reduction=step.reduction, split=split,
+        graph=state.graph, module=module, seed=state.seed, reduction=step.reduction, split=split,
         batch_size=state.pipeline.data.batch_size, batch_count=step.batches, device=state.device,
         progress=state.options.progress, tensors=tensors,
     )  # fmt: skip
@@ -128,6 +127,11 @@ def prune(state: RunState, step: PruneStep) -> None:
 @handles(FinetuneStep)
 def finetune_step(state: RunState, step: FinetuneStep) -> None:
     """Train the current model, optionally distilling from the unpruned one, then measure."""
+    if state.module is None:  # ONNX input: the graph run in torch, trained values written back (onnx_torch)
+        from prunecli.onnx_torch.stage import finetune_onnx_stage
+
+        finetune_onnx_stage(state, step)
+        return
     teacher = state.original if step.distill is not None else None
     with state.timed("finetune"):
         finetune(

@@ -1,5 +1,7 @@
 """The quantize step: export the current model to ONNX, quantize it to int8, measure it as stage ``quantized``.
 
+On an ONNX input there is nothing to export: the current ONNX file is quantized as it is.
+
 The stage has the float model's ``params`` and ``macs``, the int8 file's ``size_bytes``, and
 ``accuracy``/``top5``/``loss`` from ONNX Runtime; its snapshot is the int8 file, so it is timed
 with ONNX Runtime only (its torch latency is reported unavailable). ``state.quantization`` keeps
@@ -19,8 +21,8 @@ import numpy as np
 from prunecli.config.schema import QuantizeStep
 from prunecli.errors import OnnxExportError
 from prunecli.metrics.accuracy import evaluate_onnx
-from prunecli.metrics.macs import count_macs
-from prunecli.metrics.size import count_params, size_bytes
+from prunecli.metrics.macs import count_macs, onnx_macs
+from prunecli.metrics.size import count_params, onnx_params, size_bytes
 from prunecli.model_io import export_onnx
 from prunecli.pipeline.state import RunState
 from prunecli.quantize.ort_int8 import NumpyBatchReader, QuantizationError, quantize_onnx
@@ -45,12 +47,17 @@ def quantize_stage(state: RunState, step: QuantizeStep) -> None:
 
 
 def _quantized(state: RunState, step: QuantizeStep, *, folder: Path) -> Path:
-    example = state.sample[:2].cpu()
-    try:
-        float_path = export_onnx(state.module.cpu(), example, folder / "model.onnx")
-    finally:
-        state.module.to(state.device)
-    reader = NumpyBatchReader(_calibration_batches(state, step)) if step.mode == "static" else None
+    """The int8 file of the current model: its ONNX export, or on an ONNX input the current file itself."""
+    input_name = "input"  # the name export_onnx gives the graph input
+    if state.module is None:
+        float_path, input_name = state.loaded.onnx_path, _onnx_input_name(state.loaded.onnx_path)
+    else:
+        try:
+            float_path = export_onnx(state.module.cpu(), state.sample[:2].cpu(), folder / "model.onnx")
+        finally:
+            state.module.to(state.device)
+    batches = _calibration_batches(state, step) if step.mode == "static" else None
+    reader = NumpyBatchReader(batches, input_name=input_name) if batches is not None else None
     return quantize_onnx(float_path, folder / "model.int8.onnx", mode=step.mode, calibration=reader)
 
 
@@ -62,11 +69,23 @@ def _calibration_batches(state: RunState, step: QuantizeStep) -> list[np.ndarray
     return [inputs[start : start + size] for start in range(0, min(len(inputs), step.batches * size), size)]
 
 
+def _onnx_input_name(path: Path) -> str:
+    import onnx
+
+    from prunecli.model_io.onnx_file import graph_input
+
+    return graph_input(onnx.load(str(path), load_external_data=False)).name
+
+
 def _measure(state: RunState, path: Path) -> dict[str, Any]:
+    """The float model's params and MACs (on an ONNX input, the current file's), the int8 file's size and accuracy."""
     example = state.sample[:1]
-    stage: dict[str, Any] = {
-        "params": count_params(state.module), "macs": count_macs(state.module, example), "size_bytes": size_bytes(path),
-    }  # fmt: skip
+    if state.module is None:
+        float_path = state.loaded.onnx_path
+        stage: dict[str, Any] = {"params": onnx_params(float_path), "macs": onnx_macs(float_path, example.shape)}
+    else:
+        stage = {"params": count_params(state.module), "macs": count_macs(state.module, example)}
+    stage["size_bytes"] = size_bytes(path)
     stage.update(accuracy=None, top5=None, loss=None)
     if state.data.eval is not None:
         evaluation = evaluate_onnx(

@@ -14,7 +14,6 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from prunecli.data.dataset import batches
-from prunecli.errors import InputError
 from prunecli.reconstruct.torch_layers import Reconstruction, reconstruct_layers
 
 if TYPE_CHECKING:
@@ -27,19 +26,40 @@ STAGE = "reconstructed"
 
 
 def reconstruct_stage(state: RunState, step: ReconstructStep) -> None:
-    """Refit ``state.module``'s layers toward ``state.original``'s outputs, append the report entry, measure."""
-    if state.module is None or state.original is None:
-        raise InputError("reconstruct needs a torch model; give model.arch and a state_dict instead of an ONNX file")
+    """Refit the current model's layers toward the original's outputs, append the report entry, measure.
+
+    A torch model is refit in place; an ONNX input (``state.module`` None) in ONNX Runtime, into a new
+    current file (``reconstruct.onnx_layers``).
+    """
     calibration = calibration_batches(state, count=step.batches)
     start = time.perf_counter()
     with state.timed("reconstruct"):
-        result = reconstruct_layers(state.module, state.original, state.keep, batches=calibration, ridge=step.ridge)
+        if state.module is None:
+            result = _reconstruct_onnx(state, calibration, ridge=step.ridge)
+        else:
+            result = reconstruct_layers(state.module, state.original, state.keep, batches=calibration,
+                                        ridge=step.ridge)  # fmt: skip
     seconds = time.perf_counter() - start
     state.reconstruction.append(reconstruction_entry(step, result, samples=sum(len(b) for b in calibration),
                                                      seconds=seconds))  # fmt: skip
     from prunecli.pipeline.measure import measure_stage
 
     measure_stage(state, STAGE)
+
+
+def _reconstruct_onnx(state: RunState, calibration: list[torch.Tensor], *, ridge: float) -> Reconstruction:
+    """Refit the current ONNX graph toward the input graph's outputs and make the refit graph the current model."""
+    import onnx
+
+    from prunecli.onnx_graph.pipeline import current_model, replace_current_model
+    from prunecli.reconstruct.onnx_layers import reconstruct_onnx
+
+    original = onnx.load(str(state.snapshots.get("original", state.loaded.source)))
+    arrays = [batch.detach().cpu().numpy() for batch in calibration]
+    model, result = reconstruct_onnx(original, current_model(state), state.keep, batches=arrays, ridge=ridge,
+                                     threads=state.pipeline.threads)  # fmt: skip
+    replace_current_model(state, model)
+    return result
 
 
 def calibration_batches(state: RunState, *, count: int) -> list[torch.Tensor]:

@@ -94,6 +94,8 @@ def _l2(module: torch.nn.Module, graph: ChannelGraph | None) -> Penalty:
 
 def _norm_scale_terms(module: torch.nn.Module) -> Callable[[], torch.Tensor]:
     scales = [m.weight for m in module.modules() if isinstance(m, NORMS) and getattr(m, "weight", None) is not None]
+    if hasattr(module, "norm_scales"):  # an ONNX graph run in torch (prunecli.onnx_torch): by initializer name
+        scales = list(module.norm_scales().values())
     if not scales:
         raise InputError(
             "regularize penalty l1_bn needs normalisation layers with a scale (BatchNorm, GroupNorm, LayerNorm) "

@@ -9,14 +9,15 @@ optimizer, schedule, seed handling, distillation and sparsity masks as a ``finet
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from prunecli.errors import InputError
 from prunecli.finetune import TrainingHooks, finetune
 from prunecli.regularize.penalties import make_penalty
 from prunecli.regularize.report import regularization_entry
 
 if TYPE_CHECKING:
+    import torch
+
     from prunecli.config.schema import RegularizeStep
     from prunecli.graph.channel_graph import ChannelGraph
     from prunecli.pipeline.state import RunState
@@ -26,23 +27,33 @@ STAGE = "regularized"
 
 def regularize_stage(state: RunState, step: RegularizeStep) -> None:
     """Train ``state.module`` with ``step.strength`` times the penalty, append the report entry, measure the stage."""
-    if state.module is None:
-        raise InputError("regularize needs a torch model; give model.arch and a state_dict instead of an ONNX file")
+    if state.module is None:  # ONNX input: the graph run in torch (prunecli.onnx_torch)
+        from prunecli.onnx_torch.stage import regularize_onnx_stage
+
+        regularize_onnx_stage(state, step)
+        return
     graph = current_graph(state) if step.penalty == "group_lasso" else None
-    penalty = make_penalty(step.penalty, state.module, graph=graph)
-    before = penalty.distribution()
+    teacher = state.original if step.distill is not None else None
     with state.timed("regularize"):
-        losses = finetune(
-            state.module, train=state.data.train, step=step, batch_size=state.pipeline.data.batch_size,
-            device=state.device, seed=state.seed, teacher=state.original if step.distill is not None else None,
-            progress=state.options.progress, masks=state.sparsity.masks if state.sparsity else None,
-            hooks=TrainingHooks(penalty=lambda: step.strength * penalty.value()),
-        )  # fmt: skip
-    entry = regularization_entry(step, penalty, before=before, after=penalty.distribution(), losses=losses)
+        entry = train_with_penalty(state, step, state.module, graph=graph, teacher=teacher)
     state.regularization.append(entry)
     from prunecli.pipeline.measure import measure_stage
 
     measure_stage(state, STAGE)
+
+
+def train_with_penalty(state: RunState, step: RegularizeStep, module: torch.nn.Module, *, graph: ChannelGraph | None,
+                       teacher: torch.nn.Module | None) -> dict[str, Any]:  # fmt: skip
+    """Train ``module`` with the step's penalty (the finetune loop and options); the report entry of the step."""
+    penalty = make_penalty(step.penalty, module, graph=graph)
+    before = penalty.distribution()
+    losses = finetune(
+        module, train=state.data.train, step=step, batch_size=state.pipeline.data.batch_size,
+        device=state.device, seed=state.seed, teacher=teacher,
+        progress=state.options.progress, masks=state.sparsity.masks if state.sparsity else None,
+        hooks=TrainingHooks(penalty=lambda: step.strength * penalty.value()),
+    )  # fmt: skip
+    return regularization_entry(step, penalty, before=before, after=penalty.distribution(), losses=losses)
 
 
 def current_graph(state: RunState) -> ChannelGraph:

@@ -26,8 +26,8 @@ from prunecli.regularize.report import regularization_markdown
 from prunecli.sparsity.report import sparsity_markdown
 from prunecli.blocks.report import blocks_markdown
 
-# Columns of words rather than numbers: aligned left.
-_TEXT_COLUMNS = frozenset({"status", "result"})
+# Columns of words rather than numbers: aligned left (also in report.html).
+TEXT_COLUMNS = frozenset({"status", "result"})
 
 
 def report_table(report: dict[str, Any]) -> Table:
@@ -50,7 +50,7 @@ def report_markdown(
     ``plot_section`` (from ``prunecli.report.plots.plot_markdown``) follows the group table;
     ``rounds_section`` (a repeat's rounds, ``prunecli.report.rounds``) follows the measurements.
     """
-    sections = ["# prunecli report", _facts_markdown(report)]
+    sections = ["# prunecli report", facts_markdown(report)]
     sections += ["## Measurements", _markdown_table(*comparison_rows(report))]
     sections += [rounds_section] if rounds_section else []
     sections += ["## Verification", verification_line(report)]
@@ -75,7 +75,7 @@ def _rich_table(header: Row, rows: list[Row], *, title: str) -> Table:
     table = Table(title=title, title_justify="left")
     table.add_column(header[0], no_wrap=True)
     for name in header[1:]:
-        table.add_column(name, justify="left" if name in _TEXT_COLUMNS else "right", overflow="fold")
+        table.add_column(name, justify="left" if name in TEXT_COLUMNS else "right", overflow="fold")
     for row in rows:
         table.add_row(*(_rich_cell(cell) for cell in row))
     return table
@@ -87,13 +87,15 @@ def _rich_cell(cell: str) -> Text:
     return Text(cell, style=style)
 
 
-def _facts_markdown(report: dict[str, Any]) -> str:
+def facts_markdown(report: dict[str, Any]) -> str:
+    """The run facts as a markdown list: model, device, seed, threads, version, reach, outputs, timings."""
     model = report.get("model") or {}
     facts = [
         f"- model: `{model.get('path')}` ({model.get('format')})",
         f"- device: {report.get('device')}, seed: {report.get('seed')}, threads: {_threads(report.get('threads'))}",
         f"- prunecli version: {report.get('prunecli_version')}",
     ]
+    facts += _processes_fact(report.get("distributed"))
     share = report.get("prunability") or {}
     if share:
         facts.append(f"- out of pruning's reach: {_percent(share.get('unprunable_params_share'))} of params, "
@@ -113,6 +115,16 @@ def _facts_markdown(report: dict[str, Any]) -> str:
     return "\n".join(facts)
 
 
+def _processes_fact(distributed: dict[str, Any] | None) -> list[str]:
+    """torchrun runs: the world size and the structure check (nothing for a single process)."""
+    if not distributed or distributed.get("world_size", 1) <= 1:
+        return []
+    check = distributed.get("structure_check") or {}
+    verdict = f"identical on every rank (fingerprint {check['fingerprint'][:12]})" if check else "not checked"
+    processes = f"{distributed['world_size']} (torchrun, {distributed.get('backend')})"
+    return [f"- processes: {processes}; pruned structure {verdict}"]
+
+
 def _threads(threads: dict[str, int] | None) -> str:
     if not threads:
         return "n/a"
@@ -124,7 +136,7 @@ def _percent(share: float | None) -> str:
 
 
 def _markdown_table(header: Row, rows: list[Row]) -> str:
-    rule = [" --- " if index == 0 or name in _TEXT_COLUMNS else " ---: " for index, name in enumerate(header)]
+    rule = [" --- " if index == 0 or name in TEXT_COLUMNS else " ---: " for index, name in enumerate(header)]
     lines = [_markdown_row(header), "|" + "|".join(rule) + "|"]
     lines += [_markdown_row(row) for row in rows]
     return "\n".join(lines)

@@ -1,4 +1,4 @@
-"""Write a report as report.json and report.md, each atomically."""
+"""Write a report as report.json, report.md and report.html, each atomically."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from typing import Any
 
 from prunecli.model_io.atomic import atomic_write_text
 from prunecli.regularize.report import write_regularization_plot
+from prunecli.report.html import REPORT_HTML, report_html
 from prunecli.report.plots import plot_markdown, write_channels_plot
 from prunecli.report.render import report_markdown
 from prunecli.report.rounds import rounds_markdown, write_rounds_plot
@@ -17,9 +18,10 @@ from prunecli.report.sensitivity import sensitivity_section, write_sensitivity
 def write_report(
     report: dict[str, Any], *, out_dir: Path, plots: bool = False, sensitivity: dict[str, Any] | None = None
 ) -> dict[str, Path]:
-    """Write ``out_dir/report.json`` (keys in report order), ``out_dir/report.md`` and, with ``plots``, its plots.
+    """Write ``out_dir/report.json`` (keys in report order), ``report.md``, ``report.html`` and, with ``plots``, plots.
 
-    Returns the written paths by kind: ``{"report_json": ..., "report_md": ..., "channels_plot": ...}``
+    Returns the written paths by kind: ``{"report_json": ..., "report_md": ..., "report_html": ...,
+    "channels_plot": ...}``
     (no ``channels_plot`` without groups or without matplotlib: report.md then says how to get it,
     see ``prunecli.report.plots``). A ``sensitivity`` sweep (from ``select: by: sensitivity``) is
     written beside the report (json, md, png) and embedded in report.md.
@@ -42,8 +44,8 @@ def write_report(
     rounds_plot = write_rounds_plot(report, out_dir=out_dir) if plots and report.get("rounds") else None
     written.update({"rounds_plot": rounds_plot} if rounds_plot else {})  # repeat: accuracy against MACs kept
     atomic_write_text(written["report_json"], json.dumps(report, indent=2) + "\n")
-    markdown = report_markdown(
-        report, plot_section="\n\n".join(sections) or None, rounds_section=rounds_markdown(report, plot=rounds_plot)
-    )
-    atomic_write_text(written["report_md"], markdown)
+    parts = {"plot_section": "\n\n".join(sections) or None, "rounds_section": rounds_markdown(report, plot=rounds_plot)}
+    atomic_write_text(written["report_md"], report_markdown(report, **parts))
+    written["report_html"] = out_dir / REPORT_HTML  # the same sections, plots embedded: one self-contained file
+    atomic_write_text(written["report_html"], report_html(report, out_dir=out_dir, **parts))
     return written

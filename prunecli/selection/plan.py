@@ -189,7 +189,7 @@ def _finish(inputs: _Inputs, counts: Mapping[int, int], cutoffs: Mapping[int, fl
 
 def _matches(group: PruningGroup, patterns: Sequence[str]) -> bool:
     """Whether a producer module of ``group`` is named by one of ``patterns`` (a glob, or a parent module)."""
-    modules = {member.module for member in group.producers}
+    modules = {member.module for member in group.producers} | set(group.modules)
     return any(fnmatch.fnmatchcase(m, p) or m.startswith(p + ".") for m in modules for p in patterns)
 
 

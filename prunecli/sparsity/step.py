@@ -18,10 +18,16 @@ STAGE = "sparsified"
 
 def sparsify_stage(state: RunState, step: SparsifyStep) -> None:
     """Zero the step's weights in ``state.module``, record the masks on ``state.sparsity``, measure the stage."""
-    if state.module is None:
-        raise InputError("sparsify needs a torch model; give model.arch and a state_dict instead of an ONNX file")
     if state.verification is None and any(s.kind == "prune" for s in state.pipeline.all_steps):
         raise InputError("a prune step after sparsify would drop its masks; move the sparsify step after prune")
+    if state.module is None:  # ONNX input: masks on the graph's weight initializers
+        from prunecli.pipeline.measure import measure_stage
+        from prunecli.sparsity.onnx_weights import sparsify_onnx
+
+        with state.timed("sparsify"):
+            sparsify_onnx(state, step)
+        measure_stage(state, STAGE)
+        return
     weights = candidate_weights(state.module, ignore=step.ignore, include_output=step.include_output)
     if not weights:
         raise InputError("sparsify found no conv or linear weights to zero; shorten ignore or set include_output: true")
