@@ -287,3 +287,20 @@ def broadcast_layouts(
             table.unify(la, lb)
         out.append(la or lb or table.singleton())
     return out
+
+
+def unify_letters(table: SpaceTable, terms: list[str], operands: list[list[Layout]]) -> dict[str, Layout]:
+    """Einsum: tie the dimensions that share a letter across ``operands``; size-1 dimensions broadcast.
+
+    Returns one layout per letter (the first operand's that is not of size 1).
+    """
+    by_letter: dict[str, Layout] = {}
+    for term, layouts in zip(terms, operands):
+        for letter, layout in zip(term, layouts):
+            if table.size(layout) == 1:
+                continue
+            if letter in by_letter:
+                table.unify(by_letter[letter], layout)
+            else:
+                by_letter[letter] = layout
+    return by_letter

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import onnx
 
+from prunecli.graph.layout import unify_letters
 from prunecli.onnx_graph.context import OnnxContext, attribute, onnx_rule
 
 
@@ -38,15 +39,7 @@ def einsum(ctx: OnnxContext, node: onnx.NodeProto):
     if parsed is None:
         return ctx.unsupported(node, f"the Einsum equation '{equation}'")
     terms, output = parsed
-    by_letter = {}
-    for term, name in zip(terms, node.input):
-        for letter, layout in zip(term, ctx.layouts(name)):
-            if ctx.table.size(layout) == 1:
-                continue
-            if letter in by_letter:
-                ctx.table.unify(by_letter[letter], layout)
-            else:
-                by_letter[letter] = layout
+    by_letter = unify_letters(ctx.table, terms, [ctx.layouts(name) for name in node.input])
     weights = [ctx.is_initializer(name) for name in node.input]
     activation_letters = {letter for term, weight in zip(terms, weights) if not weight for letter in term}
     for term, name, weight in zip(terms, node.input, weights):

@@ -27,7 +27,7 @@ from prunecli.errors import InputError
 from prunecli.onnx_graph.build import module_path
 from prunecli.onnx_graph.context import attribute
 from prunecli.sparsity.layers import step_masks
-from prunecli.sparsity.report import NOTE
+from prunecli.sparsity.report import sparsity_entry
 from prunecli.sparsity.state import SparsityState
 
 if TYPE_CHECKING:
@@ -87,19 +87,7 @@ def onnx_sparsity_report(state: SparsityState | None, *, current: Path, original
     if state is None:
         return None
     arrays = {name: numpy_helper.to_array(t) for name, t in _initializers(onnx.load(str(current))).items()}
-    names = [name for name in state.masks if name in arrays]
-    zeros = {name: int((arrays[name] == 0).sum()) for name in names}
-    total = sum(arrays[name].size for name in names)
-    return {
-        "layers": {name: round(zeros[name] / arrays[name].size, 6) for name in names},
-        "overall": round(sum(zeros.values()) / total, 6) if total else 0.0,
-        "zeros": sum(zeros.values()),
-        "weights": total,
-        "skipped": dict(state.skipped),
-        "steps": list(state.steps),
-        "bytes": {"original": _stored_sizes(original), "final": _stored_sizes(current)},
-        "note": NOTE,
-    }
+    return sparsity_entry(state, arrays, sizes={"original": _stored_sizes(original), "final": _stored_sizes(current)})
 
 
 def _stored_sizes(path: Path) -> dict[str, int]:

@@ -8,7 +8,9 @@ compress, so the compressed size is what storing the model sparse saves).
 from __future__ import annotations
 
 import io
+import math
 import zlib
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -27,18 +29,24 @@ def sparsity_report(
     """Fraction of zeros per layer and overall, stored sizes before/after, and the note; None without a step."""
     if state is None or module is None:
         return None
-    params = dict(module.named_parameters())
-    names = [name for name in state.masks if name in params]
-    zeros = {name: int((params[name] == 0).sum()) for name in names}
-    total = sum(params[name].numel() for name in names)
+    sizes = {"original": stored_sizes(original), "final": stored_sizes(module)}
+    return sparsity_entry(state, dict(module.named_parameters()), sizes=sizes)
+
+
+def sparsity_entry(state: SparsityState, weights: Mapping[str, Any], *, sizes: dict[str, Any]) -> dict[str, Any]:
+    """The ``sparsity`` entry from the masked ``weights`` by name (torch tensors or numpy arrays) and stored sizes."""
+    names = [name for name in state.masks if name in weights]
+    zeros = {name: int((weights[name] == 0).sum()) for name in names}
+    counts = {name: math.prod(weights[name].shape) for name in names}
+    total = sum(counts.values())
     return {
-        "layers": {name: round(zeros[name] / params[name].numel(), 6) for name in names},
+        "layers": {name: round(zeros[name] / counts[name], 6) for name in names},
         "overall": round(sum(zeros.values()) / total, 6) if total else 0.0,
         "zeros": sum(zeros.values()),
         "weights": total,
         "skipped": dict(state.skipped),
         "steps": list(state.steps),
-        "bytes": {"original": stored_sizes(original), "final": stored_sizes(module)},
+        "bytes": sizes,
         "note": NOTE,
     }
 

@@ -6,7 +6,7 @@ from typing import Any
 
 import torch
 
-from prunecli.graph.layout import Layout, broadcast_layouts, couple_conv
+from prunecli.graph.layout import Layout, broadcast_layouts, couple_conv, unify_letters
 from prunecli.graph.rules.context import TraceContext, rule
 
 
@@ -243,15 +243,7 @@ def einsum(ctx: TraceContext, node: torch.fx.Node, args: dict[str, Any]) -> Any:
     terms = inputs.split(",")
     if not output or "..." in equation or len(terms) != len(operands):
         return ctx.unsupported(node, detail=f"equation '{equation}'")
-    by_letter: dict[str, Any] = {}
-    for term, operand in zip(terms, operands):
-        for letter, layout in zip(term, ctx.layouts(operand)):
-            if ctx.table.size(layout) == 1:
-                continue
-            if letter in by_letter:
-                ctx.table.unify(by_letter[letter], layout)
-            else:
-                by_letter[letter] = layout
+    by_letter = unify_letters(ctx.table, terms, [ctx.layouts(operand) for operand in operands])
     activation_letters = {letter for term, op in zip(terms, operands) if not ctx.is_state(op) for letter in term}
     for term, operand in zip(terms, operands):
         if ctx.is_state(operand):
