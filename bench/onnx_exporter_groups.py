@@ -5,7 +5,8 @@
 
 Each model (random weights, seed 0, 10 classes, never downloaded; small inputs: 32x32, ViTs with
 8-pixel patches, Swin 64x64 with 4-pixel windows) is exported with the TorchScript exporter
-(opset 17) and the dynamo exporter (opset 18), both with a dynamic batch. Each export's channel
+(opset 17, and opset 16, which writes LayerNorms out as ReduceMean/Sub/Pow/Sqrt/Div) and the dynamo
+exporter (opset 18), all with a dynamic batch. Each export's channel
 graph is built (``build_onnx_graph``, batch 2), every prunable group is halved and the result
 verified in ONNX Runtime (``prune_onnx_model``). Prints one line per model: the torch front-end's
 prunable groups, then per exporter prunable/all groups, the verification and the build time.
@@ -35,15 +36,18 @@ MODELS = {
 }
 
 
-def _export(module, size: int, path: Path, *, dynamo: bool) -> None:
+EXPORTS = (("TorchScript", 17), ("TorchScript", 16), ("dynamo", 18))  # exporter, opset
+
+
+def _export(module, size: int, path: Path, *, dynamo: bool, opset: int) -> None:
     import torch
 
     example = torch.randn(2, 3, size, size)  # batch 2: dynamo specialises a batch of 1
     if dynamo:
-        torch.onnx.export(module, (example,), str(path), dynamo=True, opset_version=18, input_names=["input"],
+        torch.onnx.export(module, (example,), str(path), dynamo=True, opset_version=opset, input_names=["input"],
                           dynamic_shapes={"x": {0: torch.export.Dim("batch")}})  # fmt: skip
     else:
-        torch.onnx.export(module, (example,), str(path), dynamo=False, opset_version=17, input_names=["input"],
+        torch.onnx.export(module, (example,), str(path), dynamo=False, opset_version=opset, input_names=["input"],
                           dynamic_axes={"input": {0: "batch"}})  # fmt: skip
 
 
@@ -88,12 +92,12 @@ def main() -> int:
             module = timm.create_model(name, pretrained=False, num_classes=10, **kwargs).eval()
             expected = len(build_channel_graph(module, torch.zeros(1, 3, size, size)).prunable_groups)
             row = [name, f"torch {expected}"]
-            for exporter in ("TorchScript", "dynamo"):
-                path = Path(folder) / f"{name}_{exporter}.onnx"
-                _export(module, size, path, dynamo=exporter == "dynamo")
+            for exporter, opset in EXPORTS:
+                path = Path(folder) / f"{name}_{exporter}_{opset}.onnx"
+                _export(module, size, path, dynamo=exporter == "dynamo", opset=opset)
                 line, passed, count = _measure(path, size)
                 ok &= passed and count == expected
-                row.append(f"{exporter} {line}")
+                row.append(f"{exporter} (opset {opset}) {line}")
             print(" | ".join(row), flush=True)
     return 0 if ok else 1
 

@@ -17,6 +17,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from prunecli.onnx_graph import build_onnx_graph, initializer_arrays
 from prunecli.onnx_graph.rules_norm import DECOMPOSED
+from prunecli.onnx_graph.verify import masked_model, random_feeds, run_model
 from tests.conftest import CONFIGS
 from tests.test_end_to_end import FAST, cli
 from tests.test_onnx_graph import _conv, _init, _ints, _prune_half, _shapes
@@ -159,23 +160,76 @@ def test_layer_normalization_without_a_weight_keeps_the_channels_whole():
     assert "normalised together by LayerNormalization" in graph.groups[0].reason
 
 
-def test_decomposed_layer_norm_over_the_channels_stays_whole_with_the_reason():
+def _decomposed_norm(*, square: str = "pow", divide: str = "div", opset: int = 13, weight: bool = True):
+    """``h`` -> LayerNorm written out over its 16 features (as exporters before opset 17 do) -> ``n``.
+
+    ``square``: ``Pow(d, 2)`` or ``Mul(d, d)``; ``divide``: ``Div(d, std)`` or ``Mul(d, Reciprocal(std))``;
+    from opset 18 ReduceMean reads its axes as an input. Returns the nodes and the initializers.
+    """
     scalar = lambda name, value: numpy_helper.from_array(np.asarray(value, np.float32), name)  # noqa: E731
-    norm = [
-        helper.make_node("ReduceMean", ["h"], ["mean"], axes=[-1], name="/norm/ReduceMean"),
+    axes = {"axes": [-1]} if opset < 18 else {}
+    mean_inputs = [] if opset < 18 else ["axes"]
+    nodes = [
+        helper.make_node("ReduceMean", ["h", *mean_inputs], ["mean"], name="/norm/ReduceMean", **axes),
         helper.make_node("Sub", ["h", "mean"], ["centred"]),
-        helper.make_node("Pow", ["centred", "two"], ["squared"]),
-        helper.make_node("ReduceMean", ["squared"], ["var"], axes=[-1]),
+        helper.make_node("Pow", ["centred", "two"], ["squared"]) if square == "pow"
+        else helper.make_node("Mul", ["centred", "centred"], ["squared"]),
+        helper.make_node("ReduceMean", ["squared", *mean_inputs], ["var"], **axes),
         helper.make_node("Add", ["var", "eps"], ["var_eps"]),
         helper.make_node("Sqrt", ["var_eps"], ["std"]),
-        helper.make_node("Div", ["centred", "std"], ["normed"]),
-        helper.make_node("Mul", ["normed", "gamma"], ["scaled"]),
+    ]
+    if divide == "div":
+        nodes.append(helper.make_node("Div", ["centred", "std"], ["normed"]))
+    else:
+        nodes.append(helper.make_node("Reciprocal", ["std"], ["inv"]))
+        nodes.append(helper.make_node("Mul", ["inv", "centred"], ["normed"]))
+    nodes += [
+        helper.make_node("Mul", ["normed", "gamma"] if weight else ["normed", "half"], ["scaled"]),
         helper.make_node("Add", ["scaled", "beta"], ["n"]),
     ]
-    extra = [scalar("two", 2.0), scalar("eps", 1e-5), _init("gamma", 16), _init("beta", 16)]
+    extra = [scalar("eps", 1e-5), _init("gamma", 16, positive=True) if weight else scalar("half", 0.5),
+             _init("beta", 16)]  # fmt: skip
+    extra += ([scalar("two", 2.0)] if square == "pow" else []) + ([_ints("axes", [-1])] if opset >= 18 else [])
+    return nodes, extra
+
+
+@pytest.mark.parametrize(("square", "divide", "opset"), [("pow", "div", 13), ("mul", "reciprocal", 18)])
+def test_decomposed_layer_norm_over_the_pruned_channels_normalises_the_kept_ones(square, divide, opset):
+    """MatMul+Add -> decomposed LayerNorm -> Gemm, a residual around both: one group, gamma and beta in it."""
+    norm, extra = _decomposed_norm(square=square, divide=divide, opset=opset)
+    nodes = [
+        helper.make_node("MatMul", ["x", "w1"], ["m"], name="/fc1/MatMul"),
+        helper.make_node("Add", ["m", "b1"], ["h"], name="/fc1/Add"),
+        *norm,
+        helper.make_node("Reshape", ["n", "flat"], ["n2d"]),
+        helper.make_node("Gemm", ["n2d", "w2", "b2"], ["r2d"], name="/fc2/Gemm", transB=1),
+        helper.make_node("Reshape", ["r2d", "tokens"], ["r"]),
+        helper.make_node("Add", ["h", "r"], ["s"], name="/residual/Add"),
+        helper.make_node("MatMul", ["s", "w3"], ["y"], name="/head/MatMul"),
+    ]
+    initializers = [_init("w1", 8, 16), _init("b1", 16), _init("w2", 16, 16), _init("b2", 16), _init("w3", 16, 4),
+                    _ints("flat", [-1, 16]), _ints("tokens", [-1, 6, 16]), *extra]  # fmt: skip
+    model = _model(nodes, [6, 8], [6, 4], initializers, opset=opset)
+    graph, outcome = _prune_half(model, input_shape=[3, 6, 8])
+    (group,) = graph.prunable_groups
+    assert {("gamma", 0), ("beta", 0), ("w2", 0), ("w2", 1), ("w3", 0)} <= {(m.tensor, m.dim) for m in group.members}
+    assert _shapes(outcome.model)["gamma"] == (8,) and outcome.verification.max_abs_diff < 1e-5
+    assert [type(norm).__name__ for norm in graph.norms] == ["DecomposedNorm"] and not graph.fallbacks.records
+    assert len(outcome.model.graph.node) == len(model.graph.node)  # the Gather/MatMul rewrite is masking-only
+    assert _run(outcome.model, 2, 6, 8).shape == (2, 6, 4)
+    feeds = random_feeds(model, input_shape=[3, 6, 8])  # zeroing alone would count the removed channels' zeros
+    zeroed = run_model(masked_model(model, outcome.keep, divisors=graph.divisors, copies=graph.copies), feeds)[0]
+    assert np.abs(zeroed - run_model(outcome.model, feeds)[0]).max() > 1e-2
+
+
+@pytest.mark.parametrize("variant", ["no weight", "centred read elsewhere"])
+def test_decomposed_layer_norm_off_the_pattern_stays_whole_with_the_reason(variant):
+    norm, extra = _decomposed_norm(weight=variant != "no weight")
+    if variant == "centred read elsewhere":
+        norm[-1] = helper.make_node("Add", ["scaled", "centred"], ["n"])
     graph, _ = _prune_half(_sequence_model(norm, extra), input_shape=None)
     (group,) = graph.groups[:1]
-    assert not graph.prunable_groups and group.reason == DECOMPOSED
+    assert not graph.prunable_groups and group.reason == DECOMPOSED and not graph.norms
 
 
 def test_group_norm_exported_as_instance_normalization_keeps_its_channels_whole():
@@ -394,8 +448,12 @@ def test_run_time_pads_and_crops_are_sized_from_the_followed_shapes():
     assert _shapes(outcome.model)["conv2.weight"] == (2, 4, 1, 1)
 
 
-def test_timm_vit_torchscript_export_prunes_heads_and_features_as_torch_does(timm_module):
-    """Run-time reshape targets, the class token's expand(-1, -1, -1), LayerNorms and heads of a real export."""
+@pytest.mark.parametrize("opset", [16, 17])
+def test_timm_vit_torchscript_export_prunes_heads_and_features_as_torch_does(timm_module, opset):
+    """Run-time reshape targets, the class token's expand(-1, -1, -1), LayerNorms and heads of a real export.
+
+    Opset 16 has no LayerNormalization: TorchScript writes its three LayerNorms out (ReduceMean/Sub/Pow/...).
+    """
     import io
 
     import torch
@@ -406,10 +464,12 @@ def test_timm_vit_torchscript_export_prunes_heads_and_features_as_torch_does(tim
         "vit_tiny_patch16_224", pretrained=False, num_classes=10, img_size=16, patch_size=8, depth=1
     ).eval()
     buffer = io.BytesIO()
-    torch.onnx.export(module, (torch.randn(1, 3, 16, 16),), buffer, dynamo=False, opset_version=17,
+    torch.onnx.export(module, (torch.randn(1, 3, 16, 16),), buffer, dynamo=False, opset_version=opset,
                       input_names=["input"], dynamic_axes={"input": {0: "batch"}})  # fmt: skip
     model = onnx.load_from_string(buffer.getvalue())
+    assert ("LayerNormalization" in {node.op_type for node in model.graph.node}) == (opset == 17)
     graph, outcome = _prune_half(model, input_shape=[2, 3, 16, 16])
+    assert len(graph.norms) == 3 and outcome.verification.max_abs_diff < 1e-5
     torch_graph = build_channel_graph(module, torch.zeros(1, 3, 16, 16))
     assert sorted(g.channels for g in graph.prunable_groups) == sorted(g.channels for g in torch_graph.prunable_groups)
     assert {g.name for g in graph.prunable_groups} >= {"blocks.0.attn.qkv[3x3x64: 2]", "blocks.0.mlp.fc1"}

@@ -97,9 +97,8 @@ def test_target_macs_counts_the_candidate_graph(tmp_path: Path) -> None:
         ("steps.0.criterion={hybrid: {taylor: 0.5, bn_scale: 0.5}}",
          "steps.0: criterion bn_scale reads the scales of normalisation nodes and this ONNX graph has none"),
         ("steps.0.criterion=bn_scale", "criterion bn_scale reads the scales of normalisation nodes"),
-        ("steps=[{kind: prune_blocks, count: 1}]", "a prune_blocks step is torch-only for now"),
     ],
-    ids=["hybrid-with-bn-scale", "bn-scale", "prune-blocks"],
+    ids=["hybrid-with-bn-scale", "bn-scale"],
 )
 def test_torch_only_parts_are_refused_on_onnx(tmp_path: Path, setting: str, expected: str) -> None:
     result = _run(tmp_path / "out", "--set", setting)

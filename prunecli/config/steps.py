@@ -89,7 +89,8 @@ class SparsifyStep(StrictModel):
     left dense unless ``include_output``; ``ignore`` globs name modules left dense. ``method:
     movement`` (with ``ratio``) first trains ``epochs`` epochs accumulating each weight's movement
     score ``-sum over steps of w * dL/dw`` (Sanh et al. 2020), then zeroes the lowest-scored weights.
-    On an ONNX input (magnitude only) the layers are the weight initializers of Conv, Gemm and MatMul nodes.
+    On an ONNX input the layers are the weight initializers of Conv, Gemm and MatMul nodes (movement
+    trains the graph in torch first).
     """
 
     kind: Literal["sparsify"]
@@ -205,6 +206,8 @@ class PruneBlocksStep(StrictModel):
     of the candidates, rounded down) go, skipping any that overlaps one already chosen. Verified:
     the pruned outputs equal the original's with those branches zeroed (layers bypassed) by hooks.
     Measured as stage ``blocks_pruned``; comes before score/select/prune, which then see the smaller model.
+    On an ONNX input: the branches of residual Adds (the nodes between the skip and the Add, feeding
+    nothing else), cut out of the graph, scored and verified in ONNX Runtime (``layer`` has no ONNX form).
     """
 
     kind: Literal["prune_blocks"]

@@ -23,6 +23,7 @@ from prunecli.onnx_graph import (  # noqa: F401 - registers the rules
     rules_einsum, rules_layers, rules_norm, rules_shape, shape_values,
 )
 from prunecli.onnx_graph.copies import Copy, reader_copies
+from prunecli.onnx_graph.norms import Norm
 from prunecli.onnx_graph.shape_completion import unsized_outputs
 from prunecli.onnx_graph.context import ONNX_RULES, OnnxContext, SizeRef, node_label, subgraph_reads
 from prunecli.onnx_graph.shapes import static_shapes
@@ -39,8 +40,8 @@ class OnnxChannelGraph(ChannelGraph):
     ``divisors`` the initializers used as divisors, exponents or multipliers (masked with ones, not zeros);
     ``copies`` the per-reader copies of shared initializers (tensor names of their own, see
     ``prunecli.onnx_graph.copies``) that surgery and masking write out when pruning touches them;
-    ``norms`` the LayerNormalization nodes over prunable channels with their scale's tensor name
-    (the masked original normalises over the kept channels).
+    ``norms`` the LayerNorms over prunable channels, LayerNormalization nodes with their scale's tensor
+    name or decomposed ones (the masked original normalises over the kept channels, ``onnx_graph.norms``).
     """
 
     def __init__(
@@ -51,7 +52,7 @@ class OnnxChannelGraph(ChannelGraph):
         value_layouts: dict[str, list[Layout]],
         divisors: set[str],
         copies: Mapping[str, Copy],
-        norms: Sequence[tuple[int, str]] = (),
+        norms: Sequence[Norm] = (),
     ) -> None:
         super().__init__(table=base.table, groups=base.groups, fallbacks=base.fallbacks)
         self.size_refs = list(size_refs)

@@ -20,6 +20,7 @@ from onnx import numpy_helper
 from prunecli.graph.fallbacks import FallbackLog
 from prunecli.graph.layout import Layout, SpaceTable
 from prunecli.onnx_graph.copies import node_inputs, reader_copies
+from prunecli.onnx_graph.norms import Norm
 from prunecli.registry import Registry
 
 Layouts = list[Layout]
@@ -60,7 +61,7 @@ class OnnxContext:
         self.producer_nodes: dict[str, int] = {}  # weight -> index of the first node producing along it
         self.size_refs: list[SizeRef] = []
         self.divisors: set[str] = set()
-        self.norms: list[tuple[int, str]] = []  # LayerNorm nodes over prunable channels, scale (onnx_graph.norms)
+        self.norms: list[Norm] = []  # LayerNorms (fused or decomposed) over prunable channels (onnx_graph.norms)
         self.readers: dict[str, list[onnx.NodeProto]] = {}
         for node in model.graph.node:
             for name in node.input:

@@ -37,26 +37,16 @@ if TYPE_CHECKING:
 ONNX_CRITERIA = (
     "activation", "apoz", "bn_scale", "fpgm", "gradient", "l1", "l2", "random", "taylor", "weight_activation"
 )  # fmt: skip
-TORCH_ONLY_STEPS = frozenset(
-    {"prune_blocks"}
-)
 _FLOATS = {onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16}
 
 
 def check_onnx_pipeline(pipeline: Pipeline) -> None:
     """Refuse, in one line, the steps, criteria and selection modes an ONNX input cannot run yet."""
     for where, step in pipeline.steps_with_paths():
-        if step.kind in TORCH_ONLY_STEPS:
-            raise InputError(
-                f"{where}: a {step.kind} step is torch-only for now and the model is ONNX; on ONNX use score, "
-                "select, prune and evaluate, or pass the PyTorch checkpoint (state_dict + model.arch)"
-            )
         if step.kind == "score":
             _check_criterion(step, where=where)
         if step.kind == "select" and step.target is not None and step.target.metric[0] == "latency_ms":
             raise InputError(f"{where}: select.target latency_ms is torch-only for now; on ONNX target macs or params")
-        if step.kind == "sparsify" and step.dynamic:
-            raise InputError(f"{where}: sparsify dynamic: true is torch-only for now and the model is ONNX; drop it")
 
 
 def _check_criterion(step: ScoreStep, *, where: str) -> None:

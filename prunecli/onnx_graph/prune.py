@@ -41,15 +41,18 @@ def prune_onnx_model(
     """
     keep = graph.keep_indices(removed)
     pruned = prune_onnx(model, graph, removed)
-    try:
-        with model_source(pruned) as source:  # a path with external data for a graph over 2 GB
-            onnx.checker.check_model(source, full_check=True)
-    except Exception as error:  # the checker raises several types; all mean the surgery is wrong
-        first_line = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
-        raise InternalError(
-            f"the pruned ONNX graph fails onnx.checker ({first_line}); this is a prunecli bug"
-        ) from error
+    check_surgery(pruned, what="the pruned ONNX graph")
     verification = verify_onnx_surgery(
         original=model, pruned=pruned, graph=graph, keep=keep, feeds=feeds, tolerance=tolerance
     )
     return OnnxPruneOutcome(pruned, keep, verification)
+
+
+def check_surgery(model: onnx.ModelProto, *, what: str) -> None:
+    """The full ONNX checker (with shape inference) on a graph surgery wrote; a failure is a prunecli bug."""
+    try:
+        with model_source(model) as source:  # a path with external data for a graph over 2 GB
+            onnx.checker.check_model(source, full_check=True)
+    except Exception as error:  # the checker raises several types; all mean the surgery is wrong
+        first_line = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
+        raise InternalError(f"{what} fails onnx.checker ({first_line}); this is a prunecli bug") from error

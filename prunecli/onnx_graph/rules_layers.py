@@ -6,7 +6,7 @@ import onnx
 
 from prunecli.graph.layout import Layout, broadcast_layouts, couple_conv
 from prunecli.onnx_graph.context import OnnxContext, attribute, onnx_rule
-from prunecli.onnx_graph.rules_norm import DECOMPOSED, decomposed_norm
+from prunecli.onnx_graph.rules_norm import reduction_reason
 
 
 def _tie_optional(ctx: OnnxContext, name: str | None, layout: Layout, dim: int = 0) -> None:
@@ -154,7 +154,8 @@ _REDUCE = ("ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin", "ReduceProd", "R
 
 @onnx_rule(*_REDUCE)
 def reduce(ctx: OnnxContext, node: onnx.NodeProto):
-    """Reductions: kept dimensions pass through; reduced ones are fixed (ReduceSum excepted)."""
+    """Reductions: kept dimensions pass through; reduced ones are fixed (ReduceSum and the means of a
+    decomposed LayerNorm, ``rules_norm.reduction_reason``, excepted)."""
     x = ctx.layouts(node.input[0])
     axes = [attribute(node, "axis", 0)] if node.op_type.startswith("Arg") else attribute(node, "axes")
     if axes is None and _input(node, 1):
@@ -165,8 +166,8 @@ def reduce(ctx: OnnxContext, node: onnx.NodeProto):
     if axes is None or len(axes) == 0:
         axes = [] if attribute(node, "noop_with_empty_axes", 0) else list(range(len(x)))
     dims = {int(d) % len(x) for d in axes}
-    reason = DECOMPOSED if decomposed_norm(ctx, node) else f"reduced by {node.op_type}"
-    if node.op_type != "ReduceSum":
+    reason = reduction_reason(ctx, node)
+    if node.op_type != "ReduceSum" and reason is not None:
         for d in dims:
             ctx.table.mark_fixed(x[d], reason)
     keep = bool(attribute(node, "keepdims", 1))

@@ -20,7 +20,7 @@ from onnx import numpy_helper
 from prunecli.model_io.onnx_external import model_source
 from prunecli.onnx_graph.build import OnnxChannelGraph
 from prunecli.onnx_graph.copies import Copy, materialize
-from prunecli.onnx_graph.norms import normalise_over_kept
+from prunecli.onnx_graph.norms import Norm, normalise_over_kept
 from prunecli.surgery.verify import Verification
 
 Keep = Mapping[str, Mapping[int, Sequence[int]]]
@@ -32,13 +32,13 @@ def masked_model(
     *,
     divisors: set[str] = frozenset(),
     copies: Mapping[str, Copy] | None = None,
-    norms: Sequence[tuple[int, str]] = (),
+    norms: Sequence[Norm] = (),
 ) -> onnx.ModelProto:
     """A copy of ``model`` whose to-be-removed initializer positions are zero (one for ``divisors``).
 
     Per-reader ``copies`` of shared initializers named by ``keep`` are written out first, so that
     each reader's copy is masked on its own (see ``prunecli.onnx_graph.copies``); the LayerNorm
-    nodes of ``norms`` (node index, scale tensor) normalise over the kept channels only (``prunecli.onnx_graph.norms``).
+    nodes of ``norms`` (fused or decomposed) normalise over the kept channels only (``prunecli.onnx_graph.norms``).
     """
     masked = onnx.ModelProto()
     masked.CopyFrom(model)

@@ -154,6 +154,8 @@ def _torch_users(pipeline: Pipeline) -> list[tuple[str, str]]:
             users.append((where, "penalty l1_bn" if step.penalty == "l1_bn" else "regularize"))
         elif step.kind == "finetune":
             users.append((where, "finetune"))
+        elif step.kind == "sparsify" and step.method == "movement":
+            users.append((where, "sparsify method: movement"))
         elif step.kind == "score":
             users += [(where, f"criterion {name}") for name in _names(step.criterion_spec) if name in NEEDS_MODULE]
     return users

@@ -131,15 +131,13 @@ def _match_globs(patterns: list[str], names: list[str], *, where: str) -> None:
 
 
 def _check_training_steps(pipeline: Pipeline, *, has_train: bool) -> None:
-    """Refuse regularize and movement-sparsify steps (they train) without training data, movement on an ONNX input."""
+    """Refuse regularize and movement-sparsify steps (they train) without training data."""
     for where, step in pipeline.steps_with_paths():
         name = "regularize" if step.kind == "regularize" else None
         if step.kind == "sparsify" and step.method == "movement":
             name = "sparsify method: movement"
         if name and not has_train:
             raise InputError(f"{where}: a {name} step trains the model and needs training data: set data.train")
-        if name and name != "regularize" and _is_onnx(pipeline):  # regularize runs ONNX in torch (onnx_torch)
-            raise InputError(f"{where}: a {name} step trains the model; pass the PyTorch checkpoint, not ONNX")
 
 
 def _is_onnx(pipeline: Pipeline) -> bool:

@@ -114,12 +114,14 @@ def _keep_highest(flat: torch.Tensor, ratio: float) -> torch.Tensor:
 
 
 def step_movement_masks(
-    state: RunState, step: SparsifyStep, weights: Mapping[str, torch.Tensor]
+    state: RunState, step: SparsifyStep, weights: Mapping[str, torch.Tensor], *, module: torch.nn.Module | None = None
 ) -> dict[str, torch.Tensor]:
-    """A ``sparsify: {method: movement}`` step's keep-masks on a run; trains ``state.module`` in place."""
+    """A ``sparsify: {method: movement}`` step's keep-masks on a run; trains ``module`` (default ``state.module``)
+    in place."""
     training = MovementTraining(
         train=state.data.train, epochs=step.epochs or DEFAULT_EPOCHS, lr=step.lr or DEFAULT_LR,
         batch_size=state.pipeline.data.batch_size, seed=state.seed, device=state.device,
     )  # fmt: skip
     masks = state.sparsity.masks if state.sparsity else None
-    return movement_masks(state.module, weights, ratio=step.ratio, scope=step.scope, training=training, masks=masks)
+    module = module if module is not None else state.module
+    return movement_masks(module, weights, ratio=step.ratio, scope=step.scope, training=training, masks=masks)

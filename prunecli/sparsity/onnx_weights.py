@@ -3,6 +3,9 @@
 The same masks as on torch (``step_masks``: magnitude ratio or threshold, local or global, N:M),
 computed on each weight viewed as ``(outputs, inputs...)``: a MatMul's or ``transB=0`` Gemm's
 ``(inputs, outputs)`` initializer is masked through its transpose, so N:M runs along the inputs.
+``dynamic: true`` recomputes the masks from the current initializers each round
+(``sparsity.dynamic``); ``method: movement`` first trains the graph in torch (``onnx_torch``,
+parameters named as the initializers) accumulating the scores (``sparsity.movement``).
 The masked graph becomes the current model; the masks, by initializer name, go to
 ``state.sparsity`` like torch's by parameter name. The report counts the zeros of the current
 (written) file::
@@ -45,12 +48,16 @@ def sparsify_onnx(state: RunState, step: SparsifyStep) -> None:
     views = weight_views(model, ignore=step.ignore, include_output=step.include_output)
     if not views:
         raise InputError("sparsify found no conv or linear weights to zero; shorten ignore or set include_output: true")
-    arrays = {name: numpy_helper.to_array(tensor) for name, tensor in _initializers(model).items() if name in views}
-    weights = {name: _oriented(torch.from_numpy(arrays[name].copy()), views[name]) for name in views}
-    pattern = tuple(int(part) for part in step.pattern.split(":")) if step.pattern else None
-    masks, skipped = step_masks(weights, ratio=step.ratio, threshold=step.threshold, pattern=pattern, scope=step.scope)
     sparsity = state.sparsity or SparsityState()
-    sparsity.add({name: _oriented(mask, views[name]) for name, mask in masks.items()})  # stored orientation
+    skipped: dict[str, str] = {}
+    if step.method == "movement":  # trains the graph in torch first; the trained graph becomes current
+        masks = _movement_masks(state, step, names=list(views))
+        model = current_model(state)
+    elif step.dynamic:
+        masks = dynamic_onnx_masks(sparsity, model, step, names=list(views))
+    else:
+        masks, skipped = _magnitude_masks(model, step, views)
+    sparsity.add(masks)  # in the initializers' stored orientation
     sparsity.skipped.update(skipped)
     sparsity.steps.append(step.model_dump(exclude_none=True))
     for tensor in model.graph.initializer:
@@ -59,6 +66,44 @@ def sparsify_onnx(state: RunState, step: SparsifyStep) -> None:
             tensor.CopyFrom(numpy_helper.from_array(array, tensor.name))
     state.sparsity = sparsity
     replace_current_model(state, model)
+
+
+def _magnitude_masks(
+    model: onnx.ModelProto, step: SparsifyStep, views: dict[str, bool]
+) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """``step_masks`` on each weight viewed as ``(outputs, inputs...)``, returned in stored orientation."""
+    arrays = {name: numpy_helper.to_array(tensor) for name, tensor in _initializers(model).items() if name in views}
+    weights = {name: _oriented(torch.from_numpy(arrays[name].copy()), views[name]) for name in views}
+    pattern = tuple(int(part) for part in step.pattern.split(":")) if step.pattern else None
+    masks, skipped = step_masks(weights, ratio=step.ratio, threshold=step.threshold, pattern=pattern, scope=step.scope)
+    return {name: _oriented(mask, views[name]) for name, mask in masks.items()}, skipped
+
+
+def dynamic_onnx_masks(
+    sparsity: SparsityState, model: onnx.ModelProto, step: SparsifyStep, *, names: list[str]
+) -> dict[str, torch.Tensor]:
+    """``recompute_masks`` on the stored initializers (magnitude masks are elementwise: orientation is moot);
+    revived weights get their remembered values back in ``model``."""
+    from prunecli.sparsity.dynamic import recompute_masks
+
+    initializers = _initializers(model)
+    weights = {name: torch.from_numpy(numpy_helper.to_array(initializers[name]).copy()) for name in names}
+    masks = recompute_masks(sparsity, weights, ratio=step.ratio, scope=step.scope)
+    for name, weight in weights.items():
+        initializers[name].CopyFrom(numpy_helper.from_array(weight.numpy(), name))
+    return masks
+
+
+def _movement_masks(state: RunState, step: SparsifyStep, *, names: list[str]) -> dict[str, torch.Tensor]:
+    """Movement keep-masks of the initializers ``names``, training the current graph as an ``OnnxModule``."""
+    from prunecli.onnx_torch.stage import train_onnx
+    from prunecli.sparsity.movement import step_movement_masks
+
+    def train(module: torch.nn.Module, _teacher: object) -> dict[str, torch.Tensor]:
+        weights = {name: tensor for name, tensor in module.state_tensors() if name in names}
+        return step_movement_masks(state, step, weights, module=module)
+
+    return train_onnx(state, purpose="sparsify method: movement", train=train, distill=False)
 
 
 def weight_views(
